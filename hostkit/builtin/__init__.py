@@ -1,0 +1,7 @@
+"""The host's own behaviour, registered as ordinary plugins (pluggy's eggsample style)."""
+
+INTERNAL_PLUGINS = (
+    ("hostkit.models", "hostkit.builtin.models"),
+    ("hostkit.progress", "hostkit.builtin.progress"),
+    ("hostkit.manifest", "hostkit.builtin.manifest"),
+)

@@ -1,0 +1,223 @@
+"""The ``hostkit`` command (also ``python -m hostkit``).
+
+Exit codes: 0 ok, 1 a pass failed, 2 config or usage error, 3 a needed plugin
+cannot load. ``--help``, ``plugins``, ``passes``, ``schema`` and ``validate``
+never import torch, transformers, peft, bitsandbytes or onnxruntime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from hostkit import __version__
+from hostkit.errors import EXIT_CONFIG, EXIT_OK, EXIT_PASS_FAILED, EXIT_PLUGIN, ConfigError, HostkitError
+from hostkit.plugins import PluginHost
+from hostkit.workspace import Workspace
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one ERROR line, exit 2 (pytest style)
+        self.print_usage(sys.stderr)
+        print(f"ERROR: {message}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugins", metavar="FILE", help="plugins.toml to use (default: ./plugins.toml if present)")
+    p.add_argument("--traceback", action="store_true", help="show full tracebacks")
+
+
+def build_parser(host: PluginHost) -> argparse.ArgumentParser:
+    parser = _Parser(prog="hostkit", description="A minimal host for parameter-efficient fine-tuning and adapter deployment.")
+    parser.add_argument("--version", action="version", version=f"hostkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("run", help="run the passes of a TOML run file")
+    p.add_argument("run_file", type=Path)
+    p.add_argument("--output-dir", help="override [output].dir")
+    p.add_argument("--dry-run", action="store_true", help="validate and print the plan without loading a model")
+    p.add_argument("--no-cache", action="store_true", help="run every step even if unchanged")
+    _add_common(p)
+
+    p = sub.add_parser("validate", help="check a run file (everything short of loading a model)")
+    p.add_argument("run_file", type=Path)
+    _add_common(p)
+
+    p = sub.add_parser("plugins", help="declared, installed, loaded and broken plugins")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--pip-args", action="store_true", help="print pip install arguments for the plugins declared in plugins.toml")
+    p.add_argument("--editable", action="store_true", help="with --pip-args: editable installs of local plugins")
+    _add_common(p)
+
+    p = sub.add_parser("passes", help="pass types and their summaries")
+    _add_common(p)
+
+    p = sub.add_parser("schema", help="a pass's options as a commented TOML template")
+    p.add_argument("pass_type")
+    p.add_argument("--markdown", action="store_true", help="a Markdown option table instead")
+    _add_common(p)
+
+    p = sub.add_parser("new-plugin", help="scaffold a new plugin package from the template")
+    p.add_argument("name", help="short name, e.g. 'prune' (distribution hostkit-prune, module hostkit_prune)")
+    p.add_argument("--pass-type", help="pass type to provide (default: the name in CamelCase)")
+    p.add_argument("--dest", type=Path, default=Path("."), help="folder to create the package in")
+
+    for spec in sorted(host.registry.commands.values(), key=lambda s: s.name):
+        p = sub.add_parser(spec.name, help=f"{spec.help} [{spec.plugin.describe() if spec.plugin else ''}]")
+        spec.configure(p)
+        p.set_defaults(_plugin_command=spec)
+    return parser
+
+
+def _workspace(args: argparse.Namespace) -> Workspace:
+    path = getattr(args, "plugins", None)
+    return Workspace.load(Path(path) if path else None, required=bool(path))
+
+
+def _pre_scan(argv: list[str]) -> argparse.Namespace:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugins")
+    pre.add_argument("--traceback", action="store_true")
+    known, _ = pre.parse_known_args(argv)
+    return known
+
+
+def main(argv: list[str] | None = None, *, host: PluginHost | None = None, stream: Any = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    stream = stream or sys.stderr
+    pre = _pre_scan(argv)
+    try:
+        if host is None:
+            host = PluginHost.discover(_workspace(pre))
+        parser = build_parser(host)
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_OK
+        if hasattr(args, "_plugin_command"):
+            return int(args._plugin_command.run(args) or 0)
+        handler = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "passes": cmd_passes,
+                   "schema": cmd_schema, "new-plugin": cmd_new_plugin}[args.command]
+        return handler(args, host, stream)
+    except KeyboardInterrupt:
+        print("interrupted; completed steps are kept", file=stream)
+        return 130
+    except HostkitError as exc:
+        cause = getattr(exc, "cause", None)
+        if pre.traceback and cause is not None:
+            from hostkit.runner import format_bug
+
+            print(format_bug(cause, limit=100), file=stream, end="")
+        elif getattr(exc, "is_bug", False) and cause is not None:
+            from hostkit.runner import format_bug
+
+            print(format_bug(cause), file=stream, end="")
+        print(f"ERROR: {exc}", file=stream)
+        return exc.exit_code
+
+
+def cmd_validate(args: argparse.Namespace, host: PluginHost, stream: Any) -> int:
+    from hostkit.plan import plan_run
+
+    config = plan_run(args.run_file, host)
+    print(f"{args.run_file}: ok ({len(config.steps)} step{'s' * (len(config.steps) != 1)}: "
+          f"{', '.join(s.type for s in config.steps)})", file=sys.stdout)
+    return EXIT_OK
+
+
+def _print_plan(config: Any, host: PluginHost) -> None:
+    from hostkit import handles
+
+    print(f"hostkit {__version__} | {host.plugin_header()}")
+    print(f"run file: {config.source}")
+    print(f"model: {json.dumps(handles.to_json(config.model))}")
+    for name, data in config.data.items():
+        print(f"data.{name}: {data.type} {data.path or ''}".rstrip())
+    print(f"output: {config.output.dir}")
+    for step in config.steps:
+        plugin = step.spec.plugin.describe() if step.spec.plugin else "?"
+        print(f"[{step.index + 1}/{len(config.steps)}] {step.type} -> {step.folder_name}/  ({plugin})")
+        for key, value in step.options.items():
+            print(f"      {key} = {json.dumps(value)}")
+
+
+def cmd_run(args: argparse.Namespace, host: PluginHost, stream: Any) -> int:
+    from hostkit.plan import plan_run
+
+    config = plan_run(args.run_file, host, output_dir=args.output_dir)
+    if args.dry_run:
+        _print_plan(config, host)
+        print("dry run: nothing loaded, nothing written")
+        return EXIT_OK
+    from hostkit.runner import Runner
+
+    Runner(host, config, stream=stream, use_cache=False if args.no_cache else None).run()
+    return EXIT_OK
+
+
+def cmd_plugins(args: argparse.Namespace, host: PluginHost, stream: Any) -> int:
+    if args.pip_args:
+        print(" ".join(host.workspace.pip_args(editable=args.editable)))
+        return EXIT_OK
+    records = sorted(host.records.values(), key=lambda r: (r.status == "internal", r.name))
+    if args.json:
+        print(json.dumps([r.as_json() for r in records], indent=2))
+        return EXIT_OK
+    rows = [("name", "distribution", "version", "status", "provides")]
+    for r in records:
+        status = r.status + (" (declared)" if r.declared else "")
+        rows.append((r.name, r.distribution or "-", r.version or "-", status, ", ".join(r.provides) or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    for r in records:
+        if r.error:
+            print(f"! {r.name}: {r.error}")
+        if r.warning:
+            print(f"! {r.name}: {r.warning}")
+    return EXIT_OK
+
+
+def cmd_passes(args: argparse.Namespace, host: PluginHost, stream: Any) -> int:
+    specs = sorted(host.registry.passes.values(), key=lambda s: s.name.casefold())
+    if not specs:
+        print("no pass types installed (see `hostkit plugins`)")
+    width = max((len(s.name) for s in specs), default=0)
+    for spec in specs:
+        kind = " (exporter)" if spec.kind == "exporter" else ""
+        plugin = spec.plugin.distribution if spec.plugin else "?"
+        print(f"{spec.name.ljust(width)}  {spec.summary}{kind}  [{plugin}, {spec.requires.hardware}]")
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace, host: PluginHost, stream: Any) -> int:
+    from hostkit.config import did_you_mean
+    from hostkit.schema import markdown_table, toml_template
+
+    spec = host.registry.find_pass(args.pass_type)
+    if spec is None:
+        problem = host.provider_problem(args.pass_type)
+        if problem is not None:
+            raise problem
+        known = [s.name for s in host.registry.passes.values()]
+        raise ConfigError(f"unknown pass type {args.pass_type!r}{did_you_mean(args.pass_type, known)} "
+                          f"(installed: {', '.join(sorted(known)) or 'none'})")
+    print(markdown_table(spec.config_cls) if args.markdown else toml_template(spec), end="")
+    return EXIT_OK
+
+
+def cmd_new_plugin(args: argparse.Namespace, host: PluginHost, stream: Any) -> int:
+    from hostkit.scaffold import scaffold
+
+    path = scaffold(args.name, args.dest, pass_type=args.pass_type)
+    print(f"created {path}; next: pip install -e {path} && pytest {path}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

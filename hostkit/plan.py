@@ -1,0 +1,175 @@
+"""Validation and planning: a run file becomes a :class:`RunConfig` or one ConfigError.
+
+Everything short of loading a model happens here, so ``hostkit validate`` and
+``hostkit run --dry-run`` report every problem of a run file at once, with
+its TOML path, without importing torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from hostkit.config import (
+    CheckContext, DataConfig, OutputConfig, RunConfig, StepConfig, collect, did_you_mean,
+    read_toml, resolve_path, resolve_paths,
+)
+from hostkit.errors import ConfigError, PluginLoadError
+from hostkit.hardware import cuda_visible
+from hostkit.plugins import PluginHost
+from hostkit.workspace import deep_merge
+
+TOP_LEVEL = ("model", "data", "passes", "output")
+
+
+def _looks_local(value: str, resolved: str) -> bool:
+    return resolved != value or value.startswith((".", "/", "~"))
+
+
+def plan_run(run_file: Path, host: PluginHost, *, output_dir: str | None = None) -> RunConfig:
+    """Read, structure and check ``run_file``.
+
+    Raises :class:`ConfigError` (exit 2) listing every problem, or
+    :class:`PluginLoadError` (exit 3) when the only problems are plugins that
+    cannot load.
+    """
+    run_file = Path(run_file).resolve()
+    raw = read_toml(run_file)
+    base = run_file.parent
+    problems: list[str] = []
+    plugin_problems: list[str] = []
+
+    for key in raw:
+        if key not in TOP_LEVEL:
+            problems.append(f"{key}: unknown table" + did_you_mean(key, TOP_LEVEL))
+
+    # [model]
+    model = None
+    model_raw = raw.get("model")
+    if not isinstance(model_raw, dict):
+        problems.append("model: missing [model] table (with type = \"HfModel\", path = ...)")
+    else:
+        model_raw = dict(model_raw)
+        type_name = model_raw.pop("type", None)
+        spec = host.registry.find_model_type(type_name) if isinstance(type_name, str) else None
+        if spec is None:
+            known = ", ".join(sorted(s.name for s in host.registry.model_types.values()))
+            hint = did_you_mean(type_name, [s.name for s in host.registry.model_types.values()]) if isinstance(type_name, str) else ""
+            problems.append(f"model.type: expected one of {known}, got {type_name!r}{hint}")
+        else:
+            model = collect(problems, model_raw, spec.cls, "model")
+            if model is not None:
+                resolved = resolve_paths(model, base)
+                for field in attrs.fields(type(model)):
+                    if (field.metadata or {}).get("path"):
+                        before, after = getattr(model, field.name), getattr(resolved, field.name)
+                        if isinstance(before, str) and _looks_local(before, after) and not Path(after).exists():
+                            if not (field.name == "gguf_file" and not before.startswith((".", "/"))):
+                                problems.append(f"model.{field.name}: {after} does not exist")
+                model = resolved
+
+    # [data.NAME]
+    data: dict[str, DataConfig] = {}
+    data_raw = raw.get("data", {})
+    if not isinstance(data_raw, dict):
+        problems.append("data: expected tables [data.NAME]")
+        data_raw = {}
+    for name, table in data_raw.items():
+        cfg = collect(problems, table, DataConfig, f"data.{name}")
+        if cfg is None:
+            continue
+        cfg = resolve_paths(cfg, base)
+        for field_name in ("path", "user_script"):
+            value = getattr(cfg, field_name)
+            if value and (cfg.type != "hub" or field_name != "path") and not Path(value).exists():
+                problems.append(f"data.{name}.{field_name}: {value} does not exist")
+        data[name] = cfg
+
+    # [output]
+    output = collect(problems, raw.get("output", {}), OutputConfig, "output") or OutputConfig()
+    if output_dir is not None:
+        output = attrs.evolve(output, dir=str(Path(output_dir).resolve()))
+    else:
+        output = attrs.evolve(output, dir=resolve_path(output.dir, base) or output.dir)
+
+    # [[passes]]
+    steps: list[StepConfig] = []
+    passes_raw = raw.get("passes", [])
+    if not isinstance(passes_raw, list) or not all(isinstance(p, dict) for p in passes_raw):
+        problems.append("passes: expected [[passes]] tables")
+        passes_raw = []
+    if not passes_raw:
+        problems.append("passes: no [[passes]] tables: nothing to run")
+    current_type = type(model).__name__ if model is not None else None
+    check_context = CheckContext(run_file=run_file, data=data, model=model)
+    resolved_passes = []
+    for index, table in enumerate(passes_raw):
+        table = dict(table)
+        type_name = table.pop("type", None)
+        where = f"passes[{index}]"
+        if not isinstance(type_name, str):
+            problems.append(f"{where}.type: missing (one of {', '.join(_known_passes(host)) or 'no pass types installed'})")
+            continue
+        spec = host.registry.find_pass(type_name)
+        if spec is None:
+            broken = host.provider_problem(type_name)
+            if broken is not None:
+                plugin_problems.append(f"{where} ({type_name}): {broken}")
+            else:
+                problems.append(f"{where}.type: {_unknown_pass_message(host, type_name)}")
+            continue
+        where = f"passes[{index}] ({spec.name})"
+        options = deep_merge(host.workspace.defaults_for(spec.name), table)
+        config = collect(problems, options, spec.config_cls, where)
+        resolved_passes.append({"type": spec.name, **options})
+        if config is None:
+            continue
+        config = resolve_paths(config, base)
+        for field in attrs.fields(type(config)):
+            value = getattr(config, field.name)
+            if field.name.endswith("data_config") and isinstance(value, str) and value not in data:
+                known = ", ".join(sorted(data)) or "none defined"
+                problems.append(f"{where}.{field.name}: no [data.{value}] table (defined: {known})"
+                                + did_you_mean(value, data))
+        problems += [f"{where}: {p}" for p in _requirement_problems(spec)]
+        if spec.check is not None:
+            problems += [f"{where}.{p}" if not p.startswith(" ") else f"{where}:{p}" for p in spec.check(config, check_context)]
+        if current_type is not None and spec.input_types and current_type not in spec.input_types:
+            source = f"passes[{index - 1}]" if index else "[model]"
+            problems.append(f"{where}: takes {' or '.join(spec.input_types)}, but {source} gives {current_type}")
+        current_type = getattr(spec, "output_type", None) or current_type
+        steps.append(StepConfig(index=index, spec=spec, config=config, options=options))
+
+    if problems:
+        raise ConfigError(problems + plugin_problems, source=str(run_file))
+    if plugin_problems:
+        raise PluginLoadError("\n".join(plugin_problems))
+    resolved_raw = dict(raw)
+    resolved_raw["passes"] = resolved_passes
+    return RunConfig(source=run_file, model=model, data=data, steps=steps, output=output, raw=resolved_raw)
+
+
+def _known_passes(host: PluginHost) -> list[str]:
+    return sorted(spec.name for spec in host.registry.passes.values())
+
+
+def _unknown_pass_message(host: PluginHost, type_name: str) -> str:
+    known = _known_passes(host)
+    msg = f"unknown pass type {type_name!r}" + did_you_mean(type_name, known)
+    declared = host.workspace.provider_of(type_name)
+    if declared is not None:
+        name, _decl = declared
+        msg += f"; it is provided by plugin {name!r}, declared but not installed: {host.workspace.install_hint(name)}"
+    msg += f" (installed: {', '.join(known) or 'none'})"
+    return msg
+
+
+def _requirement_problems(spec: Any) -> list[str]:
+    problems = []
+    for module, requirement in spec.requires.missing_modules().items():
+        problems.append(f"needs the {module!r} module, which is not installed: pip install '{requirement}'")
+    if spec.requires.gpu == "required" and not cuda_visible():
+        problems.append("needs a CUDA GPU, and none is visible")
+    return problems

@@ -1,0 +1,272 @@
+"""The plugin host: discovery, loading, registration and the typed hook facade.
+
+Each entry point of the ``hostkit.plugins`` group is loaded in its own ``try``:
+a plugin that fails to import, fails ``check_pending()`` or fails to register is
+recorded as *broken* (with its distribution, version and error) and nothing else
+breaks. There is no module-level plugin manager: a :class:`PluginHost` is built
+and passed around, so tests make their own.
+
+``HOSTKIT_LOAD_PLUGINS`` unset loads every plugin, empty loads none, and a
+comma list loads only those; ``HOSTKIT_DISABLE_PLUGINS`` is a comma list of
+plugins never to load.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from importlib import metadata
+from typing import Any, Iterable
+
+import attrs
+import pluggy
+
+from hostkit import hookspecs
+from hostkit.errors import PluginLoadError
+from hostkit.registry import DuplicateRegistration, PluginInfo, Registrar, Registry
+from hostkit.workspace import Workspace
+
+ENTRY_POINT_GROUP = "hostkit.plugins"
+PROJECT = "hostkit"
+
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@attrs.define
+class PluginRecord:
+    """What the host knows about one plugin, loaded or not."""
+
+    name: str
+    distribution: str | None = None
+    version: str | None = None
+    module: str | None = None
+    status: str = "loaded"  # loaded | broken | disabled | not installed | internal
+    error: str | None = None
+    warning: str | None = None
+    provides: list[str] = attrs.field(factory=list)
+    declared: bool = False
+
+    @property
+    def info(self) -> PluginInfo:
+        return PluginInfo(self.name, self.distribution, self.version)
+
+    def describe(self) -> str:
+        return self.info.describe()
+
+    def as_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+class HookCaller:
+    """The only place that calls ``pm.hook``: keyword arguments, all of them, always."""
+
+    def __init__(self, pm: pluggy.PluginManager):
+        self._hook = pm.hook
+
+    def load_model(self, *, model: Any, context: Any) -> Any:
+        return self._hook.hostkit_load_model(model=model, context=context)
+
+    def run_pass(self, *, pass_type: str, config: Any, model: Any, context: Any) -> Any:
+        return self._hook.hostkit_run_pass(pass_type=pass_type, config=config, model=model, context=context)
+
+    def export_model(self, *, exporter: str, config: Any, model: Any, context: Any) -> Any:
+        return self._hook.hostkit_export_model(exporter=exporter, config=config, model=model, context=context)
+
+    def run_started(self, *, context: Any, steps: list) -> None:
+        self._hook.hostkit_run_started(context=context, steps=steps)
+
+    def step_started(self, *, context: Any) -> None:
+        self._hook.hostkit_step_started(context=context)
+
+    def step_finished(self, *, context: Any, record: Any) -> None:
+        self._hook.hostkit_step_finished(context=context, record=record)
+
+    def step_failed(self, *, context: Any, error: BaseException) -> None:
+        self._hook.hostkit_step_failed(context=context, error=error)
+
+    def metric(self, *, context: Any, name: str, value: Any, step: int | None) -> None:
+        self._hook.hostkit_metric(context=context, name=name, value=value, step=step)
+
+    def progress(self, *, context: Any, message: str, current: int | None, total: int | None) -> None:
+        self._hook.hostkit_progress(context=context, message=message, current=current, total=total)
+
+    def run_finished(self, *, context: Any, records: list, error: BaseException | None) -> None:
+        self._hook.hostkit_run_finished(context=context, records=records, error=error)
+
+
+def _env_list(name: str, env: dict[str, str]) -> set[str] | None:
+    if name not in env:
+        return None
+    return {item.strip() for item in env[name].split(",") if item.strip()}
+
+
+def _host_version() -> str:
+    from hostkit import __version__
+
+    return __version__
+
+
+class PluginHost:
+    """A pluggy manager, the registry of contributions and the plugin records."""
+
+    def __init__(self, workspace: Workspace | None = None):
+        self.pm = pluggy.PluginManager(PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.registry = Registry()
+        self.records: dict[str, PluginRecord] = {}
+        self.workspace = workspace or Workspace()
+        self.hooks = HookCaller(self.pm)
+
+    # -- construction ---------------------------------------------------------
+
+    @classmethod
+    def isolated(cls, workspace: Workspace | None = None, *, internal: bool = True) -> "PluginHost":
+        """A host with only the built-in plugins: no entry-point scan (tests use this)."""
+        host = cls(workspace)
+        if internal:
+            host._register_internal()
+        return host
+
+    @classmethod
+    def discover(cls, workspace: Workspace | None = None, env: dict[str, str] | None = None,
+                 *, quiet: bool = False) -> "PluginHost":
+        """Built-ins plus every allowed entry point of ``hostkit.plugins``."""
+        host = cls.isolated(workspace)
+        host.load_entry_points(env=os.environ if env is None else env, quiet=quiet)
+        return host
+
+    def _register_internal(self) -> None:
+        from hostkit.builtin import INTERNAL_PLUGINS
+
+        for name, module_path in INTERNAL_PLUGINS:
+            module = __import__(module_path, fromlist=["_"])
+            record = PluginRecord(name=name, distribution="hostkit-core", version=_host_version(),
+                                  module=module_path, status="internal")
+            self.add_plugin(module, record)
+
+    def load_entry_points(self, env: dict[str, str] | os._Environ, quiet: bool = False) -> None:
+        only = _env_list("HOSTKIT_LOAD_PLUGINS", dict(env))
+        disabled = (_env_list("HOSTKIT_DISABLE_PLUGINS", dict(env)) or set()) | self.workspace.disabled()
+        seen = set()
+        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            if ep.name in seen:
+                continue
+            seen.add(ep.name)
+            dist = getattr(ep, "dist", None)
+            record = PluginRecord(
+                name=ep.name,
+                distribution=dist.metadata["Name"] if dist else None,
+                version=dist.version if dist else None,
+                module=ep.value,
+                declared=ep.name in self.workspace.plugins,
+            )
+            if (only is not None and ep.name not in only) or ep.name in disabled:
+                record.status = "disabled"
+                self.records[ep.name] = record
+                continue
+            record.warning = _compatibility_warning(dist)
+            try:
+                module = ep.load()
+            except BaseException as exc:  # noqa: BLE001 - a broken plugin must not break the host
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                record.status = "broken"
+                record.error = f"Error importing plugin {ep.name!r}: {type(exc).__name__}: {exc}"
+                self.records[ep.name] = record
+                continue
+            self.add_plugin(module, record)
+        for name, decl in self.workspace.plugins.items():
+            if name not in self.records:
+                self.records[name] = PluginRecord(
+                    name=name, distribution=self.workspace.distribution_of(name), status="not installed",
+                    declared=True, provides=list(decl.provides),
+                    error=f"declared in {self.workspace.source} but not installed; {self.workspace.install_hint(name)}",
+                )
+
+    def add_plugin(self, plugin: Any, record: PluginRecord) -> PluginRecord:
+        """Register ``plugin`` (a module or object with hookimpls) and run its registration.
+
+        Failures are recorded on ``record`` (status ``broken``), never raised.
+        """
+        self.records[record.name] = record
+        try:
+            self.pm.register(plugin, name=record.name)
+        except Exception as exc:  # noqa: BLE001
+            record.status = "broken"
+            record.error = f"plugin {record.name!r} ({record.describe()}) is invalid: {exc}"
+            return record
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            self.pm.unregister(plugin)
+            record.status = "broken"
+            record.error = f"plugin {record.name!r} ({record.describe()}) has a hook that hostkit does not define: {exc}"
+            return record
+        registrar = Registrar(self.registry, record.info)
+        for impl in self.pm.hook.hostkit_register.get_hookimpls():
+            if impl.plugin is not plugin:
+                continue
+            try:
+                impl.function(register=registrar)
+            except (Exception, DuplicateRegistration) as exc:  # noqa: BLE001
+                self.registry.remove_plugin(record.name)
+                self.pm.unregister(plugin)
+                record.status = "broken"
+                record.error = f"plugin {record.name!r} failed to register: {type(exc).__name__}: {exc}"
+                return record
+        record.provides = sorted(
+            spec.name for spec in self.registry.passes.values() if spec.plugin and spec.plugin.name == record.name
+        )
+        return record
+
+    # -- queries --------------------------------------------------------------
+
+    def broken(self) -> list[PluginRecord]:
+        return [r for r in self.records.values() if r.status == "broken"]
+
+    def provider_problem(self, pass_type: str) -> PluginLoadError | None:
+        """A PluginLoadError when a broken or uninstalled plugin is the one that would provide ``pass_type``."""
+        for record in self.records.values():
+            if record.status == "broken" and _could_provide(record, pass_type, self.workspace):
+                return PluginLoadError(
+                    f"pass type {pass_type!r} needs plugin {record.name!r} ({record.describe()}), which cannot load: {record.error}"
+                )
+        return None
+
+    def plugin_header(self) -> str:
+        loaded = [r for r in self.records.values() if r.status == "loaded"]
+        return "plugins: " + (", ".join(f"{r.name}-{r.version or '?'}" for r in loaded) or "none")
+
+
+def _could_provide(record: PluginRecord, pass_type: str, workspace: Workspace) -> bool:
+    declared = workspace.plugins.get(record.name)
+    names = set(record.provides) | set(declared.provides if declared else [])
+    if pass_type.casefold() in (n.casefold() for n in names):
+        return True
+    # a broken plugin of unknown contents: guess from its name (hostkit-lora provides LoRA)
+    return record.name.replace("_", "").casefold() == pass_type.casefold()
+
+
+def _compatibility_warning(dist: Any) -> str | None:
+    """A warning when the plugin's declared hostkit-core range excludes this host."""
+    if dist is None:
+        return None
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    for line in dist.requires or []:
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if req.name.lower().replace("_", "-") == "hostkit-core" and req.specifier:
+            if not req.specifier.contains(_host_version(), prereleases=True):
+                return f"declares hostkit-core{req.specifier}, this is hostkit-core {_host_version()}"
+    return None
+
+
+def loaded_modules(names: Iterable[str]) -> list[str]:
+    """Which of ``names`` are imported in this process (for the no-heavy-import checks)."""
+    return [n for n in names if n in sys.modules]
+
+
+HEAVY_MODULES = ("torch", "transformers", "peft", "bitsandbytes", "onnxruntime", "datasets", "onnx")

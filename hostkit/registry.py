@@ -1,0 +1,174 @@
+"""What plugins provide: pass types, model types, exporters and CLI commands.
+
+Plugins describe each contribution with a small frozen record and hand it to the
+``register`` callback of :func:`hostkit.hookspecs.hostkit_register`. The host
+keeps them in a :class:`Registry`, keyed case-insensitively by name, together
+with the plugin that provided them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any, Callable
+
+import attrs
+
+
+@attrs.frozen
+class Requirements:
+    """What a pass needs from the machine, checked before a run starts.
+
+    ``modules`` maps an import name to the pip requirement that provides it
+    (``{"bitsandbytes": "bitsandbytes>=0.50"}``). ``gpu`` is ``"no"``,
+    ``"optional"`` or ``"required"``.
+    """
+
+    modules: dict[str, str] = attrs.field(factory=dict)
+    gpu: str = attrs.field(default="no", validator=attrs.validators.in_(("no", "optional", "required")))
+    notes: str = ""
+
+    def missing_modules(self) -> dict[str, str]:
+        """Import name -> pip requirement, for every module that is not installed."""
+        missing = {}
+        for module, requirement in self.modules.items():
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                missing[module] = requirement
+        return missing
+
+    @property
+    def hardware(self) -> str:
+        return {"no": "CPU", "optional": "CPU/GPU", "required": "GPU"}[self.gpu]
+
+
+@attrs.frozen
+class PluginInfo:
+    """Where a contribution comes from, for messages and the manifest."""
+
+    name: str
+    distribution: str | None = None
+    version: str | None = None
+
+    def describe(self) -> str:
+        if self.distribution:
+            return f"{self.distribution} {self.version or '?'}"
+        return f"plugin {self.name}"
+
+
+@attrs.frozen
+class PassSpec:
+    """A pass type (or an exporter) a plugin provides.
+
+    ``check`` (optional) receives the structured config and a
+    :class:`hostkit.config.CheckContext` and returns a list of problems, each
+    ``"<option>: <message>"``; it runs at validation time and must not import
+    heavy libraries.
+    """
+
+    name: str
+    config_cls: type
+    summary: str
+    requires: Requirements = attrs.field(factory=Requirements)
+    input_types: tuple[str, ...] = ("HfModel",)
+    output_type: str | None = None  # None: same type as the input
+    check: Callable[[Any, Any], list[str]] | None = None
+    kind: str = "pass"
+    plugin: PluginInfo | None = None
+
+
+@attrs.frozen
+class ModelTypeSpec:
+    """A model handle type usable as ``[model] type = ...`` and between passes."""
+
+    name: str
+    cls: type
+    summary: str = ""
+    plugin: PluginInfo | None = None
+
+
+@attrs.frozen
+class CommandSpec:
+    """An extra ``hostkit`` subcommand contributed by a plugin.
+
+    ``configure(parser)`` adds arguments to an ``argparse`` sub-parser (keep it
+    light: it runs for ``--help``); ``run(args)`` does the work and returns an
+    exit code.
+    """
+
+    name: str
+    help: str
+    configure: Callable[[Any], None]
+    run: Callable[[Any], int]
+    plugin: PluginInfo | None = None
+
+
+class Registrar:
+    """The ``register`` object a plugin's ``hostkit_register`` receives."""
+
+    def __init__(self, registry: "Registry", plugin: PluginInfo):
+        self._registry = registry
+        self._plugin = plugin
+
+    def pass_type(self, spec: PassSpec) -> None:
+        self._registry.add_pass(attrs.evolve(spec, kind="pass", plugin=self._plugin))
+
+    def exporter(self, spec: PassSpec) -> None:
+        self._registry.add_pass(attrs.evolve(spec, kind="exporter", plugin=self._plugin))
+
+    def model_type(self, spec: ModelTypeSpec) -> None:
+        self._registry.add_model_type(attrs.evolve(spec, plugin=self._plugin))
+
+    def command(self, spec: CommandSpec) -> None:
+        self._registry.add_command(attrs.evolve(spec, plugin=self._plugin))
+
+
+class DuplicateRegistration(Exception):
+    pass
+
+
+class Registry:
+    """All contributions of the loaded plugins, looked up case-insensitively."""
+
+    def __init__(self) -> None:
+        self.passes: dict[str, PassSpec] = {}
+        self.model_types: dict[str, ModelTypeSpec] = {}
+        self.commands: dict[str, CommandSpec] = {}
+
+    def _add(self, table: dict, key: str, item: Any, what: str) -> None:
+        folded = key.casefold()
+        if folded in table:
+            other = table[folded].plugin
+            raise DuplicateRegistration(
+                f"{what} {key!r} is already provided by {other.describe() if other else 'the host'}"
+            )
+        table[folded] = item
+
+    def add_pass(self, spec: PassSpec) -> None:
+        self._add(self.passes, spec.name, spec, "pass type")
+
+    def add_model_type(self, spec: ModelTypeSpec) -> None:
+        self._add(self.model_types, spec.name, spec, "model type")
+
+    def add_command(self, spec: CommandSpec) -> None:
+        self._add(self.commands, spec.name, spec, "command")
+
+    def find_pass(self, name: str) -> PassSpec | None:
+        return self.passes.get(name.casefold())
+
+    def find_model_type(self, name: str) -> ModelTypeSpec | None:
+        return self.model_types.get(name.casefold())
+
+    def model_type_of(self, handle: Any) -> ModelTypeSpec | None:
+        for spec in self.model_types.values():
+            if type(handle) is spec.cls:
+                return spec
+        return None
+
+    def remove_plugin(self, plugin_name: str) -> None:
+        """Forget everything a plugin registered (used when its registration fails half-way)."""
+        for table in (self.passes, self.model_types, self.commands):
+            for key in [k for k, v in table.items() if v.plugin and v.plugin.name == plugin_name]:
+                del table[key]

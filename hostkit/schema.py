@@ -1,0 +1,58 @@
+"""``hostkit schema PASS``: a commented TOML template generated from a config class."""
+
+from __future__ import annotations
+
+import json
+import typing
+from typing import Any
+
+import attrs
+
+from hostkit.config import field_summary
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }" if value else "{}"
+    return json.dumps(str(value))
+
+
+def toml_template(spec: Any) -> str:
+    """``[[passes]]`` with every option, its help, type and default."""
+    lines = [f"# {spec.name}: {spec.summary}"]
+    if spec.plugin:
+        lines.append(f"# plugin: {spec.plugin.describe()}; runs on: {spec.requires.hardware}")
+    lines += ["[[passes]]", f"type = {json.dumps(spec.name)}"]
+    for field, (name, type_name, default, help_text) in zip(attrs.fields(spec.config_cls), field_summary(spec.config_cls)):
+        lines.append("")
+        if help_text:
+            lines.append(f"# {help_text}")
+        lines.append(f"# type: {type_name}; default: {default}")
+        if field.default is attrs.NOTHING:
+            lines.append(f"# {name} = ...  (required)")
+            continue
+        value = field.default.factory() if isinstance(field.default, attrs.Factory) else field.default  # type: ignore[arg-type]
+        if value is None:
+            lines.append(f"# {name} = ")
+        elif isinstance(value, dict) and not value:
+            lines.append(f"# [passes.{name}]")
+        else:
+            lines.append(f"{name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_table(cls: type) -> str:
+    """The option table of a plugin README, generated from its config class."""
+    rows = ["| option | type | default | meaning |", "|---|---|---|---|"]
+    for name, type_name, default, help_text in field_summary(cls):
+        cell = help_text.replace("|", "\\|")
+        rows.append(f"| `{name}` | {type_name} | `{default}` | {cell} |")
+    return "\n".join(rows) + "\n"
