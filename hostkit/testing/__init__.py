@@ -1,0 +1,84 @@
+"""hostkit.testing: a pytest plugin for hostkit and its plugin authors.
+
+Opt in from a ``conftest.py``::
+
+    pytest_plugins = ["hostkit.testing"]
+
+Fixtures:
+
+* ``plugin_host``: an isolated :class:`hostkit.PluginHost` (built-ins only, no
+  entry-point scan); add your plugin with ``register_plugin(plugin_host, module)``;
+* ``discovered_host``: a host with every installed plugin (entry points);
+* ``tiny_llama``: a folder with a 2-layer Llama model and a locally trained
+  tokenizer, built once per session on CPU;
+* ``run_toml``: ``run_toml(text, host=None, command="run") -> RunResult``,
+  running a run file in a temporary folder.
+
+Conformance: subclass :class:`hostkit.testing.conformance.PassConformance`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hostkit.testing.runs import RunResult, run_toml as _run_toml
+
+__all__ = ["RunResult", "register_plugin", "tiny_model_dir"]
+
+
+def register_plugin(host: Any, plugin: Any, name: str | None = None, *, distribution: str | None = None,
+                    version: str | None = None) -> Any:
+    """Register ``plugin`` (a module or an object with hookimpls) on ``host`` for one test.
+
+    Raises if the plugin turns out broken, with the recorded error.
+    """
+    from hostkit.plugins import PluginRecord
+
+    name = name or getattr(plugin, "__name__", type(plugin).__name__)
+    record = host.add_plugin(plugin, PluginRecord(name=name, distribution=distribution, version=version))
+    if record.status == "broken":
+        raise AssertionError(record.error)
+    return record
+
+
+_TINY_CACHE: dict[str, Path] = {}
+
+
+def tiny_model_dir(root: Path, kind: str = "llama") -> Path:
+    """Build (once per process) and return the tiny model folder under ``root``."""
+    if kind not in _TINY_CACHE:
+        from hostkit.testing.tiny import build_tiny_llama
+
+        _TINY_CACHE[kind] = build_tiny_llama(Path(root) / f"tiny-{kind}")
+    return _TINY_CACHE[kind]
+
+
+@pytest.fixture
+def plugin_host():
+    from hostkit.plugins import PluginHost
+
+    return PluginHost.isolated()
+
+
+@pytest.fixture
+def discovered_host():
+    from hostkit.plugins import PluginHost
+
+    return PluginHost.discover(env={})
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_model_dir(tmp_path_factory.mktemp("hostkit-models"))
+
+
+@pytest.fixture
+def run_toml(tmp_path: Path):
+    def run(text: str, host: Any = None, command: str = "run", extra_args: tuple[str, ...] = (),
+            workdir: Path | None = None) -> RunResult:
+        return _run_toml(text, workdir or tmp_path, host=host, command=command, extra_args=extra_args)
+
+    return run
