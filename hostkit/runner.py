@@ -287,6 +287,9 @@ class Runner:
             atomic_write_json(state, {"key": key, "type": step.type})
         run.barrier()
         if not run.is_main_process:
+            # torch.distributed may start only inside the first training pass, so the
+            # barrier above can be a no-op: make sure the folder exists on every rank.
+            partial.mkdir(parents=True, exist_ok=True)
             context.resuming = (partial / STEP_STATE).exists()
 
         self.host.hooks.step_started(context=context)

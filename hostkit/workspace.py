@@ -36,6 +36,7 @@ class PluginDecl:
     requirement: str | None = option(None, help="pip requirement, e.g. \"hostkit-lora>=0.1\"")
     distribution: str | None = option(None, help="distribution name (default: hostkit-NAME)")
     provides: list[str] = option(factory=list, help="pass types the plugin provides (for install hints)")
+    extras: list[str] = option(factory=list, help="optional extras to install, e.g. [\"lightning\"]")
     enabled: bool = option(True, help="false: never import this plugin")
     defaults: dict[str, dict[str, Any]] = option(factory=dict, help="per pass type: default options")
 
@@ -112,10 +113,12 @@ class Workspace:
         for name, decl in self.plugins.items():
             if not decl.enabled:
                 continue
+            extras = f"[{','.join(decl.extras)}]" if decl.extras else ""
             if decl.path:
-                args += (["-e", decl.path] if editable else [decl.path])
+                args += (["-e", decl.path + extras] if editable else [decl.path + extras])
             else:
-                args.append(decl.requirement or self.distribution_of(name))
+                requirement = decl.requirement or self.distribution_of(name)
+                args.append(requirement if not extras else requirement.replace(self.distribution_of(name), self.distribution_of(name) + extras, 1))
         return args
 
 
