@@ -50,7 +50,7 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
     if origin in (list, tuple):
         args = typing.get_args(tp)
-        return f"a list of {_type_name(args[0])}" if args else "a list"
+        return f"a list of {_plural(args[0])}" if args else "a list"
     if origin is dict:
         return "a table"
     if attrs.has(tp):
@@ -58,13 +58,19 @@ def _type_name(tp: Any) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
+def _plural(tp: Any) -> str:
+    return {int: "integers", float: "numbers", str: "strings", bool: "booleans"}.get(tp, _type_name(tp))
+
+
 def _describe(value: Any) -> str:
     if isinstance(value, bool):
         return f"boolean {str(value).lower()}"
     if isinstance(value, str):
         return f"string {value!r}"
-    if isinstance(value, (int, float)):
-        return f"{type(value).__name__} {value!r}"
+    if isinstance(value, int):
+        return f"integer {value!r}"
+    if isinstance(value, float):
+        return f"float {value!r}"
     if isinstance(value, list):
         return "a list"
     if isinstance(value, dict):

@@ -1,0 +1,154 @@
+"""Plugin discovery and loading: entry points, broken plugins, env switches, check_pending."""
+
+from __future__ import annotations
+
+import json
+import types
+
+from hostkit import PassSpec, hookimpl
+from hostkit.plugins import PluginHost, PluginRecord
+from hostkit.testing import register_plugin
+from hostkit.workspace import Workspace
+
+from host_helpers import make_fake_distribution, run_hostkit
+
+BROKEN = """
+raise ImportError("No module named 'definitely_missing_dependency'")
+"""
+
+TYPO = """
+from hostkit import hookimpl
+
+@hookimpl
+def hostkit_run_passs(pass_type, config, model, context):
+    return None
+"""
+
+OLD = """
+import attrs
+from hostkit import PassSpec, hookimpl
+
+@attrs.frozen
+class Cfg:
+    pass
+
+@hookimpl
+def hostkit_register(register):
+    register.pass_type(PassSpec(name="Old", config_cls=Cfg, summary="an old plugin"))
+"""
+
+
+def test_installed_test_plugin_is_discovered_through_its_entry_point():
+    host = PluginHost.discover(env={})
+    record = host.records["echo"]
+    assert record.status == "loaded"
+    assert record.distribution == "hostkit-echo" and record.version == "0.3.0"
+    assert record.provides == ["Echo"]
+    assert host.registry.find_pass("ECHO").plugin.distribution == "hostkit-echo"
+
+
+def test_load_plugins_env_switch():
+    assert PluginHost.discover(env={"HOSTKIT_LOAD_PLUGINS": ""}).registry.find_pass("Echo") is None
+    assert PluginHost.discover(env={"HOSTKIT_LOAD_PLUGINS": "echo"}).registry.find_pass("Echo") is not None
+    host = PluginHost.discover(env={"HOSTKIT_DISABLE_PLUGINS": "echo,other"})
+    assert host.registry.find_pass("Echo") is None and host.records["echo"].status == "disabled"
+
+
+def test_disabled_in_plugins_toml_is_not_imported(tmp_path):
+    (tmp_path / "plugins.toml").write_text("[plugins.echo]\nrequirement = 'hostkit-echo'\nenabled = false\n")
+    host = PluginHost.discover(Workspace.load(tmp_path / "plugins.toml"), env={})
+    assert host.records["echo"].status == "disabled"
+
+
+def test_broken_plugin_is_listed_and_help_still_works(tmp_path):
+    site = make_fake_distribution(tmp_path / "site", dist="hostkit-broken", version="1.2.3", module="hostkit_broken",
+                                  entry_name="broken", source=BROKEN)
+    listed = run_hostkit(["plugins", "--json"], cwd=tmp_path, site=site)
+    assert listed.returncode == 0, listed.stderr
+    record = {r["name"]: r for r in json.loads(listed.stdout)}["broken"]
+    assert record["status"] == "broken"
+    assert record["distribution"] == "hostkit-broken" and record["version"] == "1.2.3"
+    assert "definitely_missing_dependency" in record["error"]
+    assert run_hostkit(["--help"], cwd=tmp_path, site=site).returncode == 0
+    table = run_hostkit(["plugins"], cwd=tmp_path, site=site)
+    assert "broken" in table.stdout and "Error importing plugin 'broken'" in table.stdout
+
+
+def test_run_that_needs_a_broken_plugin_exits_3_naming_its_distribution(tmp_path):
+    site = make_fake_distribution(tmp_path / "site", dist="hostkit-broken", version="1.2.3", module="hostkit_broken",
+                                  entry_name="broken", source=BROKEN)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "run.toml").write_text('[model]\ntype = "HfModel"\npath = "m"\n[[passes]]\ntype = "Broken"\n')
+    result = run_hostkit(["run", "run.toml"], cwd=tmp_path, site=site)
+    assert result.returncode == 3, result.stderr
+    assert "hostkit-broken 1.2.3" in result.stderr and "definitely_missing_dependency" in result.stderr
+    # a run that does not need it is unaffected
+    (tmp_path / "ok.toml").write_text('[model]\ntype = "HfModel"\npath = "m"\n[[passes]]\ntype = "Echo"\n[output]\ndir = "out"\n')
+    assert run_hostkit(["run", "ok.toml"], cwd=tmp_path, site=site).returncode == 0
+
+
+def test_typo_in_hookimpl_name_is_an_error_that_names_the_plugin(tmp_path):
+    site = make_fake_distribution(tmp_path / "site", dist="hostkit-typo", version="0.1", module="hostkit_typo",
+                                  entry_name="typo", source=TYPO)
+    listed = run_hostkit(["plugins", "--json"], cwd=tmp_path, site=site)
+    record = {r["name"]: r for r in json.loads(listed.stdout)}["typo"]
+    assert record["status"] == "broken"
+    assert "plugin 'typo'" in record["error"] and "hostkit_run_passs" in record["error"]
+
+
+def test_host_version_mismatch_is_reported_not_crashed_on(tmp_path):
+    site = make_fake_distribution(tmp_path / "site", dist="hostkit-old", version="0.0.1", module="hostkit_old",
+                                  entry_name="old", source=OLD, requires=["hostkit-core<0.1"])
+    listed = run_hostkit(["plugins", "--json"], cwd=tmp_path, site=site)
+    record = {r["name"]: r for r in json.loads(listed.stdout)}["old"]
+    assert record["status"] == "loaded"
+    assert "declares hostkit-core<0.1" in record["warning"]
+
+
+def test_registration_failure_marks_plugin_broken_and_forgets_its_contributions():
+    host = PluginHost.isolated()
+
+    class Half:
+        @hookimpl
+        def hostkit_register(self, register):
+            register.pass_type(PassSpec(name="Half", config_cls=object, summary="x"))
+            raise RuntimeError("boom")
+
+    record = host.add_plugin(Half(), PluginRecord(name="half"))
+    assert record.status == "broken" and "boom" in record.error
+    assert host.registry.find_pass("Half") is None
+
+
+def test_duplicate_pass_type_is_a_broken_second_plugin():
+    host = PluginHost.discover(env={})
+    clone = types.SimpleNamespace()
+
+    @hookimpl
+    def hostkit_register(register):
+        register.pass_type(PassSpec(name="echo", config_cls=object, summary="a clash"))
+
+    clone.hostkit_register = hostkit_register
+    record = host.add_plugin(clone, PluginRecord(name="clone"))
+    assert record.status == "broken" and "already provided by hostkit-echo 0.3.0" in record.error
+
+
+def test_register_plugin_helper_raises_on_broken(plugin_host):
+    class Bad:
+        @hookimpl
+        def hostkit_nonexistent(self):
+            pass
+
+    try:
+        register_plugin(plugin_host, Bad(), "bad")
+    except AssertionError as exc:
+        assert "plugin 'bad'" in str(exc)
+    else:  # pragma: no cover
+        raise AssertionError("a broken plugin was accepted")
+
+
+def test_declared_but_not_installed(tmp_path):
+    (tmp_path / "plugins.toml").write_text("[plugins.ghost]\npath = 'peft_plugins/ghost'\nprovides = ['Ghost']\n")
+    host = PluginHost.discover(Workspace.load(tmp_path / "plugins.toml"), env={})
+    record = host.records["ghost"]
+    assert record.status == "not installed" and record.declared
+    assert "pip install" in record.error
