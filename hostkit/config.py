@@ -338,6 +338,8 @@ class StepConfig:
     spec: Any  # hostkit.registry.PassSpec
     config: Any
     options: dict[str, Any]  # the resolved options (plugins.toml defaults under run-file values)
+    name: str | None = None  # optional step name (``name = "..."`` in the table)
+    input: str | None = None  # None: the previous step's output; "model" or an earlier step's name
 
     @property
     def type(self) -> str:
@@ -349,7 +351,7 @@ class StepConfig:
 
     @property
     def folder_name(self) -> str:
-        return f"{self.index + 1:02d}-{self.spec.name.lower()}"
+        return f"{self.index + 1:02d}-{(self.name or self.spec.name).lower()}"
 
 
 @attrs.frozen

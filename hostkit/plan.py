@@ -7,6 +7,7 @@ its TOML path, without importing torch.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from hostkit.plugins import PluginHost
 from hostkit.workspace import deep_merge
 
 TOP_LEVEL = ("model", "data", "passes", "output")
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _looks_local(value: str, resolved: str) -> bool:
@@ -102,12 +104,16 @@ def plan_run(run_file: Path, host: PluginHost, *, output_dir: str | None = None)
         passes_raw = []
     if not passes_raw:
         problems.append("passes: no [[passes]] tables: nothing to run")
-    current_type = type(model).__name__ if model is not None else None
+    model_type = type(model).__name__ if model is not None else None
+    types_by_name: dict[str, str | None] = {"model": model_type}
+    current_type = model_type
     check_context = CheckContext(run_file=run_file, data=data, model=model)
     resolved_passes = []
     for index, table in enumerate(passes_raw):
         table = dict(table)
         type_name = table.pop("type", None)
+        step_name = table.pop("name", None)
+        step_input = table.pop("input", None)
         where = f"passes[{index}]"
         if not isinstance(type_name, str):
             problems.append(f"{where}.type: missing (one of {', '.join(_known_passes(host)) or 'no pass types installed'})")
@@ -121,9 +127,23 @@ def plan_run(run_file: Path, host: PluginHost, *, output_dir: str | None = None)
                 problems.append(f"{where}.type: {_unknown_pass_message(host, type_name)}")
             continue
         where = f"passes[{index}] ({spec.name})"
+        if step_name is not None and (not isinstance(step_name, str) or not _NAME.fullmatch(step_name)
+                                      or step_name == "model" or step_name in types_by_name):
+            problems.append(f"{where}.name: expected a new name of letters, digits, '_' or '-', got {step_name!r}")
+            step_name = None
+        input_type = current_type
+        if step_input is not None:
+            if not isinstance(step_input, str) or step_input not in types_by_name:
+                known = ", ".join(types_by_name)
+                problems.append(f"{where}.input: expected \"model\" or the name of an earlier step ({known}), got {step_input!r}"
+                                + (did_you_mean(step_input, types_by_name) if isinstance(step_input, str) else ""))
+                step_input = None
+            else:
+                input_type = types_by_name[step_input]
         options = deep_merge(host.workspace.defaults_for(spec.name), table)
         config = collect(problems, options, spec.config_cls, where)
-        resolved_passes.append({"type": spec.name, **options})
+        resolved_passes.append({"type": spec.name, **({"name": step_name} if step_name else {}),
+                                **({"input": step_input} if step_input else {}), **options})
         if config is None:
             continue
         config = resolve_paths(config, base)
@@ -136,11 +156,13 @@ def plan_run(run_file: Path, host: PluginHost, *, output_dir: str | None = None)
         problems += [f"{where}: {p}" for p in _requirement_problems(spec)]
         if spec.check is not None:
             problems += [f"{where}.{p}" if not p.startswith(" ") else f"{where}:{p}" for p in spec.check(config, check_context)]
-        if current_type is not None and spec.input_types and current_type not in spec.input_types:
-            source = f"passes[{index - 1}]" if index else "[model]"
-            problems.append(f"{where}: takes {' or '.join(spec.input_types)}, but {source} gives {current_type}")
-        current_type = getattr(spec, "output_type", None) or current_type
-        steps.append(StepConfig(index=index, spec=spec, config=config, options=options))
+        if input_type is not None and spec.input_types and input_type not in spec.input_types:
+            source = step_input or (f"passes[{index - 1}]" if index else "[model]")
+            problems.append(f"{where}: takes {' or '.join(spec.input_types)}, but {source} gives {input_type}")
+        current_type = spec.output_type or input_type
+        if step_name:
+            types_by_name[step_name] = current_type
+        steps.append(StepConfig(index=index, spec=spec, config=config, options=options, name=step_name, input=step_input))
 
     if problems:
         raise ConfigError(problems + plugin_problems, source=str(run_file))

@@ -42,6 +42,7 @@ class StepRecord:
     type: str
     folder: str
     key: str
+    name: str | None = None
     status: str = "pending"  # ok | cached | failed | interrupted
     plugin: dict[str, Any] = attrs.field(factory=dict)
     options: dict[str, Any] = attrs.field(factory=dict)
@@ -209,8 +210,13 @@ class Runner:
             model = self.host.hooks.load_model(model=self.config.model, context=context)
             if model is None:
                 raise PassError(f"model: no plugin loads model type {type(self.config.model).__name__}")
+            outputs = {"model": model}
             for step in self.config.steps:
+                if step.input is not None:
+                    model = outputs[step.input]
                 record, model, step_context = self._run_step(context, step, model, previous_steps)
+                if step.name:
+                    outputs[step.name] = model
                 records.append(record)
                 context.manifest["steps"] = [r.as_json() for r in records]
                 self.host.hooks.step_finished(context=step_context, record=record)
@@ -236,6 +242,7 @@ class Runner:
         return stable_hash({
             "type": step.type,
             "options": step.options,
+            "folder": step.folder_name,
             "plugin": [plugin.distribution, plugin.version] if plugin else None,
             "input": _handle_json(model),
             "input_files": _input_fingerprint(model),
@@ -249,7 +256,7 @@ class Runner:
         key = self._step_key(step, model)
         plugin = step.spec.plugin
         record = StepRecord(
-            index=step.index, type=step.type, folder=step.folder_name, key=key,
+            index=step.index, type=step.type, folder=step.folder_name, key=key, name=step.name,
             plugin={"name": plugin.name, "distribution": plugin.distribution, "version": plugin.version} if plugin else {},
             options=step.options, input=_handle_json(model),
         )

@@ -147,7 +147,7 @@ def test_unknown_pass_type_names_the_declared_plugin_to_install(run_toml, workdi
                       host=host, command="validate")
     assert result.exit_code == 2
     assert "unknown pass type 'ghost'; it is provided by plugin 'ghost', declared but not installed: pip install" in result.output
-    assert "installed: Echo" in result.output
+    assert "(installed: " in result.output and "Echo" in result.output.split("(installed: ")[1]
 
 
 def test_plugins_toml_defaults_apply_under_run_file_values(run_toml, workdir):
@@ -240,3 +240,40 @@ def test_relative_paths_resolve_against_the_run_file(workdir, tmp_path_factory):
     assert (workdir / "out" / "manifest.json").exists()
     override = run_hostkit(["run", str(workdir / "run.toml"), "--output-dir", "here"], cwd=elsewhere)
     assert override.returncode == 0 and (elsewhere / "here" / "01-echo").is_dir()
+
+
+def test_named_steps_and_inputs_branch_the_pipeline(run_toml, workdir):
+    text = """
+[model]
+type = "HfModel"
+path = "m"
+
+[[passes]]
+name = "first"
+type = "Echo"
+message = "one"
+
+[[passes]]
+name = "second"
+type = "Echo"
+input = "model"
+message = "two"
+
+[[passes]]
+type = "Echo"
+input = "first"
+message = "three"
+
+[output]
+dir = "out"
+"""
+    result = run_toml(text, workdir=workdir)
+    assert result.exit_code == 0, result.output
+    out = workdir / "out"
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["01-first", "02-second", "03-echo"]
+    steps = result.manifest["steps"]
+    assert steps[1]["input"]["adapter_path"] is None  # from the model, not from step 1
+    assert steps[2]["input"] == steps[0]["output"]
+    bad = run_toml(text.replace('input = "first"', 'input = "frist"'), workdir=workdir, command="validate")
+    assert bad.exit_code == 2
+    assert "passes[2] (Echo).input: expected \"model\" or the name of an earlier step (model, first, second), got 'frist' (did you mean 'first'?)" in bad.output
