@@ -1,0 +1,287 @@
+"""Multi-adapter inference: one onnxruntime session, many adapters, switched per call.
+
+>>> from hostkit_extract_adapters.infer import AdapterSession
+>>> session = AdapterSession("out/02-extractadapters/model.onnx")
+>>> session.load_adapter("french", "french.onnx_adapter")     # checked against the model here
+>>> session.load_adapter("legal", "legal-peft-adapter/")      # a PEFT folder is converted on the fly
+>>> session.generate("The capital of France is", adapter="french", max_new_tokens=8)
+>>> session.run({"input_ids": ids, "attention_mask": mask}, adapter=None)   # the base model
+
+Every adapter is checked when it is loaded (names, shapes, dtype, base model;
+:meth:`ModelSignature.fit`), so a mismatch is an error with a list of what does
+not fit before anything runs: onnxruntime itself fails only at run time, and
+with two active adapters that share names silently uses the first.
+
+How an adapter reaches the graph:
+
+* models extracted with ``make_inputs = true``: one session. A ``.onnx_adapter``
+  file that fits as is becomes an ``onnxruntime.LoraAdapter`` activated per call
+  with ``RunOptions.add_active_adapter`` (its weights stay in onnxruntime's
+  memory); other formats (or weights that had to be packed or padded) are fed
+  as pre-built ``OrtValue`` inputs. Switching costs nothing beyond the feed.
+* models extracted with ``make_inputs = false``: onnxruntime accepts external
+  initializers only when a session is created, so each adapter gets its own
+  session (created on first use, then cached); every session holds its own
+  copy of the base weights.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import attrs
+import numpy as np
+
+from hostkit_extract_adapters.signature import AdapterMismatch, ModelSignature, read_signature, signature_from_metadata
+
+
+@attrs.define
+class LoadedAdapter:
+    """An adapter checked against the model, ready to run."""
+
+    name: str
+    source: str
+    arrays: dict[str, np.ndarray]          # keyed by the model's slot names
+    metadata: dict[str, str]
+    feed: dict[str, Any] = attrs.field(factory=dict)    # OrtValues fed with every call
+    run_options: Any = None                # RunOptions with the LoraAdapter active (onnx_adapter files)
+    lora_adapter: Any = None
+
+    @property
+    def slots(self) -> set[str]:
+        return set(self.arrays)
+
+
+class AdapterSession:
+    """One ONNX model with many adapters; ``run``/``generate`` take the adapter to use per call.
+
+    ``tokenizer``: a tokenizer, or its folder (default: the model's folder).
+    ``session_options``: an ``onnxruntime.SessionOptions``, or a callable that
+    returns a fresh one (models with external adapter initializers create one
+    session per adapter, and options that carry initializers cannot be reused).
+    ``allow_partial``: accept adapters that cover only some of the model's
+    adapter weights (the rest run without adapter).
+    """
+
+    def __init__(self, model_path: str | os.PathLike, *, tokenizer: Any = None, providers: Sequence[str] | None = None,
+                 session_options: Any = None, allow_partial: bool = False):
+        import onnxruntime as ort
+
+        self._ort = ort
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise FileNotFoundError(f"{self.model_path}: no such ONNX model")
+        self.providers = list(providers or ["CPUExecutionProvider"])
+        self._session_options = session_options
+        self.allow_partial = allow_partial
+        self._tokenizer = tokenizer
+        self.adapters: dict[str, LoadedAdapter] = {}
+        self._sessions: dict[tuple[str, ...], Any] = {}
+        self._session = None
+        signature = None
+        try:  # a graph without external initializers opens directly; its metadata holds the signature
+            self._session = self._new_session({})
+            metadata = self._session.get_modelmeta().custom_metadata_map
+            signature = signature_from_metadata(metadata, source=str(self.model_path))
+        except Exception:  # noqa: BLE001 - external adapter initializers: read the graph instead
+            self._session = None
+        self.signature: ModelSignature = signature or read_signature(self.model_path)
+        self._base_feed = self._ort_values(self.signature.complete({}))
+        if self.signature.mode == "external":
+            self._session = None
+
+    # -- sessions ----------------------------------------------------------------
+
+    def _options(self) -> Any:
+        given = self._session_options
+        if callable(given):
+            return given()
+        if given is not None:
+            return given
+        options = self._ort.SessionOptions()
+        options.log_severity_level = 3  # "initializer appears in graph inputs" is the design here
+        return options
+
+    def _new_session(self, external: Mapping[str, np.ndarray]) -> Any:
+        options = self._options()
+        if external:
+            names = list(external)
+            values = [self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(external[n])) for n in names]
+            options.add_external_initializers(names, values)
+            session = self._ort.InferenceSession(str(self.model_path), options, providers=self.providers)
+            session._hostkit_keepalive = values  # the session reads the buffers it was given
+            return session
+        return self._ort.InferenceSession(str(self.model_path), options, providers=self.providers)
+
+    def _ort_values(self, arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        return {n: self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for n, a in arrays.items()}
+
+    def session_for(self, adapter: str | Sequence[str] | None = None) -> Any:
+        """The onnxruntime session that serves ``adapter`` (the shared one for input-mode models)."""
+        if self.signature.mode == "inputs":
+            return self._session
+        key = self._names(adapter)
+        if key not in self._sessions:
+            arrays: dict[str, np.ndarray] = {}
+            for name in key:
+                arrays.update(self.adapters[name].arrays)
+            self._sessions[key] = self._new_session(self.signature.complete(arrays))
+        return self._sessions[key]
+
+    # -- adapters ----------------------------------------------------------------
+
+    def load_adapter(self, name: str, source: str | os.PathLike | Mapping[str, np.ndarray], *,
+                     allow_partial: bool | None = None, metadata: Mapping[str, str] | None = None) -> LoadedAdapter:
+        """Load and check an adapter: a weights file, a PEFT adapter folder, or a dict of arrays.
+
+        Raises :class:`AdapterMismatch` (listing every problem) when it does
+        not fit the model, ``ValueError`` when ``name`` is taken.
+        """
+        if name in self.adapters:
+            raise ValueError(f"an adapter named {name!r} is already loaded (from {self.adapters[name].source})")
+        if not name or name.casefold() == "none":
+            raise ValueError(f"{name!r} cannot name an adapter")
+        partial = self.allow_partial if allow_partial is None else allow_partial
+        file_path = None
+        model_version = None
+        fmt = None
+        if isinstance(source, Mapping):
+            weights, meta, label = dict(source), dict(metadata or {}), f"adapter {name!r}"
+        else:
+            path = Path(source)
+            label = f"adapter {name!r} ({path})"
+            if path.is_dir():
+                from hostkit_extract_adapters.convert import convert_peft_adapter
+
+                dtype = sorted({s.dtype for s in self.signature.slots.values()})[0]
+                converted = convert_peft_adapter(path, dtype=dtype if dtype in ("float32", "float16") else "float32")
+                weights, meta = converted.weights, converted.metadata
+            else:
+                from hostkit_extract_adapters.weights import load_weights
+
+                loaded = load_weights(path)
+                weights, meta, model_version, fmt = loaded.weights, loaded.metadata, loaded.model_version, loaded.format
+                file_path = path
+        arrays = self.signature.fit(weights, meta, allow_partial=partial, adapter=label, model_version=model_version)
+        adapter = LoadedAdapter(name=name, source=str(source) if not isinstance(source, Mapping) else "<arrays>",
+                                arrays=arrays, metadata=dict(meta))
+        if self.signature.mode == "inputs":
+            unchanged = set(arrays) == set(weights) and all(arrays[n] is weights[n] for n in arrays)
+            complete = self.signature.optional or set(arrays) == set(self.signature.slots)
+            if fmt == "onnx_adapter" and unchanged and complete:
+                lora = self._ort.LoraAdapter()
+                lora.Load(str(file_path))
+                options = self._ort.RunOptions()
+                options.add_active_adapter(lora)
+                adapter.lora_adapter, adapter.run_options = lora, options
+            else:
+                adapter.feed = self._ort_values(self.signature.complete(arrays))
+        self.adapters[name] = adapter
+        return adapter
+
+    def unload_adapter(self, name: str) -> None:
+        self.adapters.pop(name)
+        for key in [k for k in self._sessions if name in k]:
+            del self._sessions[key]
+
+    def _names(self, adapter: str | Sequence[str] | None) -> tuple[str, ...]:
+        if adapter is None:
+            return ()
+        names = (adapter,) if isinstance(adapter, str) else tuple(adapter)
+        unknown = [n for n in names if n not in self.adapters]
+        if unknown:
+            raise KeyError(f"adapter {', '.join(map(repr, unknown))} is not loaded "
+                           f"(loaded: {', '.join(self.adapters) or 'none'})")
+        seen: dict[str, str] = {}
+        for name in names:
+            for slot in self.adapters[name].slots:
+                if slot in seen:
+                    raise AdapterMismatch([f"{slot}: set by both {seen[slot]!r} and {name!r}"],
+                                          adapter=f"adapters {', '.join(names)}", model=str(self.model_path))
+                seen[slot] = name
+        return names
+
+    # -- running ---------------------------------------------------------------
+
+    def run(self, inputs: Mapping[str, Any], adapter: str | Sequence[str] | None = None,
+            output_names: Sequence[str] | None = None) -> list[np.ndarray]:
+        """Run the model with ``adapter`` (a loaded name, several names with disjoint weights, or None)."""
+        names = self._names(adapter)
+        session = self.session_for(names)
+        feed = dict(inputs)
+        run_options = None
+        if self.signature.mode == "inputs":
+            if not names:
+                feed.update(self._base_feed)
+            elif len(names) == 1:
+                loaded = self.adapters[names[0]]
+                feed.update(loaded.feed)
+                run_options = loaded.run_options
+            else:
+                arrays: dict[str, np.ndarray] = {}
+                for name in names:
+                    arrays.update(self.adapters[name].arrays)
+                feed.update(self._ort_values(self.signature.complete(arrays)))
+        return session.run(list(output_names) if output_names else None, feed, run_options)
+
+    # -- text generation -----------------------------------------------------------
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer given, or the one saved next to the model (transformers)."""
+        if self._tokenizer is None or isinstance(self._tokenizer, (str, os.PathLike)):
+            from transformers import AutoTokenizer
+
+            where = self._tokenizer or self.model_path.parent
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(str(where))
+            except (OSError, ValueError) as exc:
+                raise FileNotFoundError(f"no tokenizer in {where} (pass tokenizer=...): {exc}") from None
+        return self._tokenizer
+
+    def _text_inputs(self, session: Any, ids: list[int]) -> dict[str, np.ndarray]:
+        feed: dict[str, np.ndarray] = {}
+        n = len(ids)
+        for value in session.get_inputs():
+            if value.name in self.signature.slots:
+                continue
+            dtype = np.int32 if "int32" in value.type else np.int64
+            if value.name == "input_ids":
+                feed[value.name] = np.array([ids], dtype=dtype)
+            elif value.name == "attention_mask":
+                feed[value.name] = np.ones((1, n), dtype=dtype)
+            elif value.name == "position_ids":
+                feed[value.name] = np.arange(n, dtype=dtype)[None, :]
+            elif value.name.startswith("past_key_values") or value.name.startswith("past."):
+                # no KV cache here: an empty past (batch 1, zero past length)
+                shape = [1 if i == 0 and not isinstance(d, int) else (d if isinstance(d, int) else 0)
+                         for i, d in enumerate(value.shape)]
+                feed[value.name] = np.zeros(shape, dtype=np.float16 if "float16" in value.type else np.float32)
+            else:
+                raise ValueError(f"{self.model_path}: do not know how to fill input {value.name!r} for generation")
+        return feed
+
+    def generate_ids(self, input_ids: Iterable[int], adapter: str | Sequence[str] | None = None,
+                     max_new_tokens: int = 20, eos_token_id: int | None = None) -> list[int]:
+        """Greedy decoding (no KV cache: the whole sequence each step); returns the new token ids."""
+        ids = list(int(i) for i in input_ids)
+        session = self.session_for(self._names(adapter))
+        new: list[int] = []
+        for _ in range(max_new_tokens):
+            logits = self.run(self._text_inputs(session, ids), adapter=adapter, output_names=["logits"])[0]
+            token = int(np.argmax(logits[0, -1]))
+            ids.append(token)
+            new.append(token)
+            if eos_token_id is not None and token == eos_token_id:
+                break
+        return new
+
+    def generate(self, prompt: str, adapter: str | Sequence[str] | None = None, max_new_tokens: int = 20) -> str:
+        """Greedy completion of ``prompt`` with ``adapter`` (None: the base model)."""
+        tokenizer = self.tokenizer
+        ids = tokenizer(prompt)["input_ids"]
+        new = self.generate_ids(ids, adapter=adapter, max_new_tokens=max_new_tokens,
+                                eos_token_id=tokenizer.eos_token_id)
+        return tokenizer.decode(new, skip_special_tokens=True)
