@@ -1,0 +1,44 @@
+"""Validation-time checks of the LoRA family (``PassSpec.check``): no heavy imports.
+
+Run by ``hostkit validate`` and before ``hostkit run`` loads anything, so a
+typo in ``training_args``, a GPU-only setting on a CPU machine or a data config
+that cannot feed this task fails in a second, with every problem listed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hostkit.hardware import cuda_visible
+
+from hostkit_lora.training_args import check_training_args
+
+TEXT_DATA_TYPES = ("jsonl", "json", "csv", "text", "parquet", "hf-disk", "hub")
+
+
+def check_lora(config: Any, context: Any) -> list[str]:
+    """Problems with a LoRA-family config, each ``"<option>: <message>"``."""
+    problems = check_training_args(config.training_args)
+    if config.torch_dtype == "float16" and not cuda_visible():
+        problems.append("torch_dtype: float16 trains with fp16 mixed precision, which needs a CUDA GPU, and none is "
+                        "visible; use float32 (the CPU default) or bfloat16")
+    model = getattr(context, "model", None)
+    task = getattr(model, "task", "text-generation")
+    if model is not None and getattr(model, "adapter_path", None):
+        problems.append(f"model.adapter_path: the input model already has an adapter; {type(config).__name__[:-6]} "
+                        "trains a new one on the base (merge the adapter first with MergeAdapterWeights)")
+    for option in ("train_data_config", "eval_data_config"):
+        name = getattr(config, option)
+        data = context.data.get(name) if name else None
+        if data is None:
+            continue  # the host reports names without a [data.NAME] table
+        where = f"{option}: data.{name}"
+        if data.type not in TEXT_DATA_TYPES:
+            problems.append(f"{where} has type = {data.type!r}; training on text needs one of {', '.join(TEXT_DATA_TYPES)}")
+        if task == "text-classification":
+            if not data.label_field:
+                problems.append(f"{where} needs label_field for a text-classification model")
+            if data.packing != "none":
+                problems.append(f"{where} sets packing = {data.packing!r}, which mixes examples: "
+                                "not for text-classification")
+    return problems

@@ -1,0 +1,39 @@
+"""Entry-point target of hostkit-lora: hookimpls only, no heavy imports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hostkit import PassSpec, Requirements, hookimpl
+
+from hostkit_lora.checks import check_lora
+from hostkit_lora.config import LoRAConfig
+
+#: What every pass of the LoRA family needs (QLoRA and LoftQ add bitsandbytes).
+REQUIRED_MODULES = {
+    "torch": "torch>=2.2",
+    "transformers": "transformers>=4.45",
+    "peft": "peft>=0.13",
+    "datasets": "datasets>=2.19",
+    "accelerate": "accelerate>=0.30",
+}
+
+
+@hookimpl
+def hostkit_register(register: Any) -> None:
+    register.pass_type(PassSpec(
+        name="LoRA", config_cls=LoRAConfig,
+        summary="fine-tune a LoRA adapter on a transformers model (arXiv:2106.09685)",
+        requires=Requirements(modules=dict(REQUIRED_MODULES), gpu="optional",
+                              notes="float32 on CPU, bfloat16 on GPU by default; torchrun for DDP"),
+        check=check_lora,
+    ))
+
+
+@hookimpl
+def hostkit_run_pass(pass_type: str, config: Any, model: Any, context: Any) -> Any:
+    if pass_type != "LoRA":
+        return None
+    from hostkit_lora.training import run_lora
+
+    return run_lora(config, model, context)

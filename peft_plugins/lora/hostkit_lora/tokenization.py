@@ -1,0 +1,168 @@
+"""Turning a ``[data.NAME]`` table into tokenized training examples.
+
+Rows come from :func:`hostkit.data.load_rows` (the host reads the files); this
+module picks the text (``text_field``, ``text_template`` with ``{column}``
+placeholders, or ``messages_field`` rendered by the tokenizer's chat template),
+tokenizes it, packs it (Olive's ``join`` strategy) and builds the collators.
+Every error names the data config and the option at fault, e.g.
+``data.train.text_template: no column 'answer' (columns: question, reply)``.
+
+Causal LM examples train on every token (``labels = input_ids``); padding is
+labelled -100 so it never counts, even where the pad token is the EOS token.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Any
+
+from hostkit import PassError
+from hostkit.config import DataConfig
+
+IGNORE_INDEX = -100
+
+
+class ExampleDataset:
+    """A list of tokenized examples (dicts of int lists) that the Trainer can index."""
+
+    def __init__(self, examples: list[dict[str, Any]]):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.examples[index]
+
+
+def _template_fields(template: str) -> list[str]:
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+
+
+def texts_of(rows: Any, config: DataConfig, name: str, tokenizer: Any) -> list[str]:
+    """The training text of each row, as the data config says."""
+    where = f"data.{name}"
+    columns = list(rows.column_names)
+    if config.text_template:
+        for field in _template_fields(config.text_template):
+            if field not in columns:
+                raise PassError(f"{where}.text_template: no column {field!r} (columns: {', '.join(columns)})")
+        try:
+            return [config.text_template.format(**row) for row in rows]
+        except (IndexError, ValueError, KeyError) as exc:
+            raise PassError(f"{where}.text_template: cannot fill {config.text_template!r}: {exc}") from None
+    if config.messages_field:
+        if not getattr(tokenizer, "chat_template", None):
+            raise PassError(f"{where}.messages_field: the tokenizer has no chat template; "
+                            "use text_field or text_template instead")
+        out = []
+        for i, messages in enumerate(rows[config.messages_field]):
+            if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m and "content" in m
+                                                         for m in messages):
+                raise PassError(f"{where}.messages_field: row {i} of column {config.messages_field!r} is not a list "
+                                "of {role, content} messages")
+            out.append(tokenizer.apply_chat_template(messages, tokenize=False))
+        return out
+    field = config.text_field or "text"
+    if field not in columns:
+        hint = "" if config.text_field else " (set text_field, text_template or messages_field)"
+        raise PassError(f"{where}.text_field: no column {field!r}{hint} (columns: {', '.join(columns)})")
+    values = rows[field]
+    for i, value in enumerate(values):
+        if not isinstance(value, str):
+            raise PassError(f"{where}.text_field: row {i} of column {field!r} is {type(value).__name__}, not text")
+    return list(values)
+
+
+def _encode(tokenizer: Any, texts: list[str], config: DataConfig, *, truncate: bool) -> list[list[int]]:
+    bos = tokenizer.bos_token
+    ids: list[list[int]] = []
+    # A chat template usually writes BOS itself: do not add a second one.
+    plain = [t for t in texts if not (bos and t.startswith(bos))]
+    templated = [t for t in texts if bos and t.startswith(bos)]
+    kwargs = {"truncation": truncate, "max_length": config.max_seq_len if truncate else None}
+    encoded_plain = iter(tokenizer(plain, add_special_tokens=config.add_special_tokens, **kwargs)["input_ids"]) if plain else iter(())
+    encoded_tpl = iter(tokenizer(templated, add_special_tokens=False, **kwargs)["input_ids"]) if templated else iter(())
+    for t in texts:
+        ids.append(list(next(encoded_tpl) if bos and t.startswith(bos) else next(encoded_plain)))
+    return ids
+
+
+def _pack(ids: list[list[int]], block: int, eos_id: int | None) -> list[list[int]]:
+    """Olive's ``join``: concatenate every example (EOS between) and cut full blocks; a short tail is dropped
+    unless it is all there is."""
+    stream: list[int] = []
+    for seq in ids:
+        stream += seq
+        if eos_id is not None and (not seq or seq[-1] != eos_id):
+            stream.append(eos_id)
+    blocks = [stream[i:i + block] for i in range(0, len(stream) - block + 1, block)]
+    return blocks or [stream[:block]]
+
+
+def causal_lm_dataset(rows: Any, config: DataConfig, name: str, tokenizer: Any) -> ExampleDataset:
+    """Examples for ``text-generation``: ``input_ids``, ``attention_mask``, ``labels``."""
+    texts = texts_of(rows, config, name, tokenizer)
+    ids = _encode(tokenizer, texts, config, truncate=config.packing == "none")
+    if config.packing == "join":
+        ids = _pack(ids, config.max_seq_len, tokenizer.eos_token_id)
+    ids = [seq for seq in ids if seq]
+    if not ids:
+        raise PassError(f"data.{name}: every example tokenizes to nothing")
+    return ExampleDataset([{"input_ids": seq, "attention_mask": [1] * len(seq), "labels": list(seq)} for seq in ids])
+
+
+def label_set(rows: Any, config: DataConfig, name: str) -> list[str]:
+    """The labels in index order: ``labels`` of the data config, else the sorted distinct values."""
+    if not config.label_field:
+        raise PassError(f"data.{name}.label_field: required for text-classification (columns: {', '.join(rows.column_names)})")
+    if config.labels:
+        return list(config.labels)
+    values = rows[config.label_field]
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return [str(i) for i in range(max(values) + 1)]
+    return sorted({str(v) for v in values})
+
+
+def classification_dataset(rows: Any, config: DataConfig, name: str, tokenizer: Any,
+                           labels: list[str]) -> ExampleDataset:
+    """Examples for ``text-classification``: ``input_ids``, ``attention_mask``, ``labels`` (an index)."""
+    if config.packing != "none":
+        raise PassError(f"data.{name}.packing: \"join\" mixes examples, which makes no sense for text-classification")
+    texts = texts_of(rows, config, name, tokenizer)
+    ids = _encode(tokenizer, texts, config, truncate=True)
+    index = {label: i for i, label in enumerate(labels)}
+    examples = []
+    for i, (seq, value) in enumerate(zip(ids, rows[config.label_field])):
+        key = str(value)
+        if key not in index:
+            raise PassError(f"data.{name}.label_field: row {i} has label {value!r}, not in the label set "
+                            f"({', '.join(labels)})")
+        examples.append({"input_ids": seq, "attention_mask": [1] * len(seq), "labels": index[key]})
+    return ExampleDataset(examples)
+
+
+class Collator:
+    """Right-pads a batch: ``input_ids`` with the pad token, ``attention_mask`` with 0, token labels with -100."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(ex["input_ids"]) for ex in batch)
+
+        def pad(seq: list[int], value: int) -> list[int]:
+            return list(seq) + [value] * (width - len(seq))
+
+        out = {
+            "input_ids": torch.tensor([pad(ex["input_ids"], self.pad_token_id) for ex in batch], dtype=torch.long),
+            "attention_mask": torch.tensor([pad(ex["attention_mask"], 0) for ex in batch], dtype=torch.long),
+        }
+        labels = [ex["labels"] for ex in batch]
+        if isinstance(labels[0], list):
+            out["labels"] = torch.tensor([pad(lab, IGNORE_INDEX) for lab in labels], dtype=torch.long)
+        else:
+            out["labels"] = torch.tensor(labels, dtype=torch.long)
+        return out

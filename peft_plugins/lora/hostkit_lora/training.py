@@ -1,0 +1,341 @@
+"""The LoRA family's fine-tuning machinery: one class, small hooks, one Trainer.
+
+LoRA (Hu et al., arXiv:2106.09685) freezes the base weights ``W`` and learns a
+low-rank update: ``y = x W + (alpha / r) * x A B`` with ``A: [in, r]`` and
+``B: [r, out]``, ``B`` starting at zero so training starts from the base model.
+
+:class:`LoraTraining` runs one such fine-tuning from a hostkit ``HfModel``
+handle: load the base, prepare it, attach a peft LoRA adapter, train with
+``transformers.Trainer`` (resuming from the step folder's last checkpoint,
+reporting the loss curve), save the adapter, return the new handle.
+
+QLoRA and LoftQ are LoRA with a different base, so they subclass it and
+override a few hooks instead of copying the loop (the order of the calls in
+:meth:`LoraTraining.run`):
+
+``quantization()``
+    ``BitsAndBytesConfig`` keyword arguments the base is loaded with, or None.
+    QLoRA returns its 4-bit settings; LoRA returns the input handle's (if an
+    earlier pass quantized the base).
+``load_base()``
+    Build the transformers model (uses ``quantization()``, ``torch_dtype``,
+    ``trust_remote_code``, the handle's ``load_kwargs``). LoftQ overrides it to
+    compute its initialisation, write the new master weights and load those.
+``prepare_model(model)``
+    Freeze the base and set up gradient checkpointing; QLoRA calls
+    ``peft.prepare_model_for_kbit_training`` instead.
+``default_target_modules(model)``
+    Modules to adapt when ``target_modules`` is not set.
+``lora_config(model)`` / ``attach_adapter(model, lora_config)``
+    The ``peft.LoraConfig`` and the trainable ``PeftModel``; LoftQ overrides
+    ``attach_adapter`` to start from its own A and B.
+``training_defaults()``
+    TrainingArguments defaults of this pass, under the user's values.
+``output_handle(adapter_dir)``
+    The handle this step returns (QLoRA adds ``quantization``).
+
+Use::
+
+    from hostkit_lora.training import LoraTraining, run_lora
+
+    class QLoraTraining(LoraTraining):
+        pass_name = "QLoRA"
+        def quantization(self): return {"load_in_4bit": True, ...}
+
+    handle = run_lora(config, model, context, training_cls=QLoraTraining)
+
+Under ``torchrun`` every rank runs this; the Trainer wraps the model in DDP
+(gloo on CPU, NCCL on GPU) and only the main process writes files.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+import transformers
+from transformers import TrainerCallback
+
+from hostkit import HfModel, MissingRequirement, PassError
+from hostkit.data import load_rows
+
+from hostkit_lora.config import LoRAConfig
+from hostkit_lora.tokenization import Collator, causal_lm_dataset, classification_dataset, label_set
+from hostkit_lora.training_args import resolve_training_args, training_arg_fields
+
+TASK_TYPES = {"text-generation": "CAUSAL_LM", "text-classification": "SEQ_CLS"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ADAPTER_DIR = "adapter"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def default_dtype(use_gpu: bool) -> str:
+    """bfloat16 on a GPU (Olive's default); float32 on CPU, where bf16 without native support is 15-35x slower."""
+    return "bfloat16" if use_gpu else "float32"
+
+
+class LossCurve(TrainerCallback):
+    """Reports the Trainer's logs to the host: ``train_loss`` and ``eval_loss`` curves, and progress."""
+
+    def __init__(self, context: Any):
+        self.context = context
+        self.train: list[tuple[int, float]] = []
+        self.eval: list[tuple[int, float]] = []
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if not logs or not state.is_world_process_zero:
+            return
+        if "loss" in logs:
+            self.train.append((state.global_step, float(logs["loss"])))
+            self.context.report_metric("train_loss", float(logs["loss"]), step=state.global_step)
+        if "eval_loss" in logs:
+            self.eval.append((state.global_step, float(logs["eval_loss"])))
+            self.context.report_metric("eval_loss", float(logs["eval_loss"]), step=state.global_step)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            self.context.progress("training", state.global_step, state.max_steps or None)
+
+
+class LoraTraining:
+    """One LoRA fine-tuning of an ``HfModel``; subclass and override hooks for QLoRA/LoftQ (see the module doc)."""
+
+    pass_name = "LoRA"
+
+    def __init__(self, config: LoRAConfig, model: HfModel, context: Any):
+        self.config = config
+        self.handle = model
+        self.context = context
+        self.use_gpu = torch.cuda.is_available()
+        dtype = config.torch_dtype or (model.torch_dtype if model.torch_dtype not in (None, "auto") else None)
+        self.dtype_name = dtype or default_dtype(self.use_gpu)
+        if self.dtype_name == "float16" and not self.use_gpu:
+            raise MissingRequirement("torch_dtype: float16 trains with fp16 mixed precision, which needs a CUDA GPU; "
+                                     "use float32 on CPU")
+        if model.task not in TASK_TYPES:
+            raise PassError(f"model.task: {self.pass_name} supports {', '.join(TASK_TYPES)}, not {model.task!r}")
+        if model.adapter_path:
+            raise PassError(f"the input model already has an adapter ({model.adapter_path}); merge it first "
+                            "(type = \"MergeAdapterWeights\") or start from the base model")
+        self.task = model.task
+        self.labels: list[str] | None = None
+        self.tokenizer: Any = None
+
+    # -- hooks (override in QLoRA / LoftQ) -------------------------------------
+
+    def quantization(self) -> dict[str, Any] | None:
+        """BitsAndBytesConfig kwargs to load the base with (LoRA: whatever the input handle says)."""
+        return self.handle.quantization
+
+    def training_defaults(self) -> dict[str, Any]:
+        """TrainingArguments defaults of this pass, applied over Olive's and under the user's."""
+        return {}
+
+    def load_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``from_pretrained`` for the base."""
+        kwargs: dict[str, Any] = {"trust_remote_code": self.handle.trust_remote_code, **self.handle.load_kwargs}
+        # float16 = fp32 master weights + fp16 autocast (as Olive does)
+        kwargs["dtype"] = torch.float32 if self.dtype_name == "float16" else DTYPES[self.dtype_name]
+        quantization = self.quantization()
+        if quantization:
+            kwargs["quantization_config"] = transformers.BitsAndBytesConfig(**quantization)
+            if self.use_gpu:
+                kwargs.setdefault("device_map", {"": int(os.environ.get("LOCAL_RANK", 0))})
+        if self.task == "text-classification":
+            assert self.labels is not None
+            kwargs.update(num_labels=len(self.labels), id2label=dict(enumerate(self.labels)),
+                          label2id={label: i for i, label in enumerate(self.labels)})
+        return kwargs
+
+    def load_base(self) -> Any:
+        """The transformers model the adapter goes on."""
+        auto = (transformers.AutoModelForCausalLM if self.task == "text-generation"
+                else transformers.AutoModelForSequenceClassification)
+        try:
+            model = auto.from_pretrained(self.handle.path, **self.load_kwargs())
+        except (OSError, ValueError) as exc:
+            raise PassError(f"model.path: cannot load {self.handle.path}: {exc}") from exc
+        if self.tokenizer is not None and getattr(model.config, "pad_token_id", None) is None:
+            model.config.pad_token_id = self.tokenizer.pad_token_id
+        return model
+
+    def prepare_model(self, model: Any) -> Any:
+        """Freeze the base; enable gradient checkpointing when asked for and supported."""
+        for param in model.parameters():
+            param.requires_grad_(False)
+        if self.checkpointing:
+            model.enable_input_require_grads()
+            model.config.use_cache = False
+        return model
+
+    def default_target_modules(self, model: Any) -> list[str] | str | None:
+        """None lets peft pick its per-architecture default; unknown architectures get all-linear."""
+        from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as known
+
+        return None if getattr(model.config, "model_type", None) in known else "all-linear"
+
+    def lora_config(self, model: Any) -> Any:
+        import peft
+
+        target = self.config.target_modules
+        if target is None:
+            target = self.default_target_modules(model)
+        return peft.LoraConfig(
+            r=self.config.r, lora_alpha=self.config.alpha, lora_dropout=self.config.lora_dropout,
+            target_modules=target, modules_to_save=self.config.modules_to_save,
+            use_rslora=self.config.use_rslora, use_dora=self.config.use_dora, bias="none",
+            task_type=TASK_TYPES[self.task],
+        )
+
+    def attach_adapter(self, model: Any, lora_config: Any) -> Any:
+        import peft
+
+        try:
+            return peft.get_peft_model(model, lora_config)
+        except ValueError as exc:  # e.g. target modules not found in the model
+            raise PassError(f"target_modules: {exc}") from exc
+
+    def output_handle(self, adapter_dir: Path) -> HfModel:
+        changes: dict[str, Any] = {"adapter_path": str(adapter_dir)}
+        if self.labels is not None:
+            changes["num_labels"] = len(self.labels)
+        return attrs.evolve(self.handle, **changes)
+
+    # -- the fixed part ---------------------------------------------------------
+
+    def load_tokenizer(self) -> Any:
+        path = self.handle.tokenizer_path or self.handle.path
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=self.handle.trust_remote_code)
+        except (OSError, ValueError) as exc:
+            raise PassError(f"model: cannot load a tokenizer from {path}: {exc}") from exc
+        if tokenizer.pad_token is None:
+            # Olive's choice; the collator labels padding -100, so EOS still trains where it is real.
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+            self.context.note(pad_token_set=tokenizer.pad_token)
+        tokenizer.padding_side = "right"
+        return tokenizer
+
+    def build_dataset(self, name: str) -> Any:
+        data_config = self.context.data_config(name)
+        rows = load_rows(data_config, name)
+        if self.task == "text-classification":
+            if self.labels is None:
+                self.labels = label_set(rows, data_config, name)
+            return classification_dataset(rows, data_config, name, self.tokenizer, self.labels)
+        return causal_lm_dataset(rows, data_config, name, self.tokenizer)
+
+    def training_args(self) -> Any:
+        args = resolve_training_args(
+            self.config.training_args, checkpoint_dir=self.context.output_dir / CHECKPOINT_DIR,
+            has_eval=self.config.eval_data_config is not None, defaults=self.training_defaults(),
+            use_gpu=self.use_gpu)
+        if self.dtype_name == "float16":
+            args["fp16"] = True
+        return args
+
+    def _checkpoint_to_resume(self, output_dir: str) -> str | None:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        user = self.config.training_args
+        if user.get("resume_from_checkpoint"):
+            path = Path(output_dir) / str(user["resume_from_checkpoint"])
+            return str(path) if path.exists() else str(user["resume_from_checkpoint"])
+        if not self.context.resuming or user.get("overwrite_output_dir") or not Path(output_dir).is_dir():
+            return None
+        return get_last_checkpoint(output_dir)
+
+    def run(self) -> HfModel:
+        context = self.context
+        transformers.utils.logging.disable_progress_bar()
+        self.tokenizer = self.load_tokenizer()
+        train_dataset = self.build_dataset(self.config.train_data_config)
+        eval_dataset = self.build_dataset(self.config.eval_data_config) if self.config.eval_data_config else None
+
+        args = self.training_args()
+        key = "activation_checkpointing" if "activation_checkpointing" in (training_arg_fields() or {}) else "gradient_checkpointing"
+        self.checkpointing = bool(args.get(key))
+        context.progress(f"loading {self.handle.path}")
+        model = self.load_base()
+        if self.checkpointing and not getattr(model, "supports_gradient_checkpointing", False):
+            self.checkpointing = args[key] = False
+            context.note(gradient_checkpointing="disabled: the model does not support it")
+        if self.checkpointing:
+            args.setdefault(f"{key}_kwargs", {"use_reentrant": False})
+        model = self.prepare_model(model)
+        model = self.attach_adapter(model, self.lora_config(model))
+        trainable, total = _count_parameters(model)
+        context.note(torch_dtype=self.dtype_name, trainable_parameters=trainable, total_parameters=total,
+                     target_modules=sorted(_as_list(model.peft_config["default"].target_modules)))
+        if self.labels is not None:
+            context.note(labels=self.labels)
+
+        training_args = transformers.TrainingArguments(**args)
+        curve = LossCurve(context)
+        trainer = transformers.Trainer(
+            model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+            data_collator=Collator(self.tokenizer.pad_token_id), callbacks=[curve],
+        )
+        trainer.remove_callback(transformers.trainer_callback.PrinterCallback)  # the host shows progress
+        resume = self._checkpoint_to_resume(training_args.output_dir)
+        if resume:
+            context.note(resumed_from=os.path.relpath(resume, context.output_dir))
+        result = trainer.train(resume_from_checkpoint=resume)
+        context.report_metric("train_runtime_s", round(float(result.metrics.get("train_runtime", 0.0)), 3))
+        context.report_metric("train_steps", int(result.global_step))
+        if eval_dataset is not None:
+            eval_loss = float(trainer.evaluate()["eval_loss"])
+            if not curve.eval or curve.eval[-1][0] != result.global_step:
+                curve.eval.append((result.global_step, eval_loss))
+                context.report_metric("eval_loss", eval_loss, step=result.global_step)
+            context.report_metric("final_eval_loss", eval_loss)
+        if curve.train:
+            context.report_metric("final_train_loss", curve.train[-1][1])
+
+        adapter_dir = context.output_dir / ADAPTER_DIR
+        if context.is_main_process:
+            peft_model = trainer.model
+            peft_model.save_pretrained(str(adapter_dir), save_embedding_layers=False)
+            self.tokenizer.save_pretrained(str(adapter_dir))
+            if curve.train or curve.eval:
+                from hostkit_lora.plot import plot_loss
+
+                plot_loss(context.output_dir / "loss.png", curve.train, curve.eval, title=f"{self.pass_name} loss")
+        context.run.barrier()
+        if context.is_main_process and not self.config.keep_checkpoints:
+            shutil.rmtree(context.output_dir / CHECKPOINT_DIR, ignore_errors=True)
+        handle = self.output_handle(adapter_dir)
+        del trainer, model
+        gc.collect()
+        return handle
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _count_parameters(model: Any) -> tuple[int, int]:
+    trainable = total = 0
+    for param in model.parameters():
+        # bitsandbytes packs two 4-bit values per byte
+        n = param.numel() * (2 if param.dtype == torch.uint8 else 1)
+        total += n
+        if param.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+def run_lora(config: LoRAConfig, model: HfModel, context: Any, *,
+             training_cls: type[LoraTraining] = LoraTraining) -> HfModel:
+    """Run one LoRA-family fine-tuning and return the output handle (see :class:`LoraTraining`)."""
+    return training_cls(config, model, context).run()
+
+
+__all__ = ["LoraTraining", "LossCurve", "default_dtype", "run_lora"]
