@@ -169,8 +169,9 @@ class AdapterSession:
                                 arrays=arrays, metadata=dict(meta))
         if self.signature.mode == "inputs":
             unchanged = set(arrays) == set(weights) and all(arrays[n] is weights[n] for n in arrays)
-            complete = self.signature.optional or set(arrays) == set(self.signature.slots)
-            if fmt == "onnx_adapter" and unchanged and complete:
+            # the public InferenceSession.run refuses a call that lacks a required input, even one
+            # an active LoraAdapter would supply: adapters run through RunOptions on optional inputs only
+            if fmt == "onnx_adapter" and unchanged and self.signature.optional:
                 lora = self._ort.LoraAdapter()
                 lora.Load(str(file_path))
                 options = self._ort.RunOptions()
