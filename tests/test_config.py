@@ -86,3 +86,11 @@ def test_did_you_mean_is_case_insensitive_fallback():
 def test_config_error_message_lists_everything():
     error = ConfigError(["a: x", "b: y"], source="run.toml")
     assert str(error) == "run.toml: 2 problems\n  a: x\n  b: y"
+
+
+def test_package_scheme_finds_a_folder_inside_an_installed_package_without_importing_it():
+    from hostkit.config import resolve_path
+
+    resolved = resolve_path("package:hostkit_echo/config.py", __import__("pathlib").Path("/"))
+    assert resolved.endswith("hostkit_echo/config.py")
+    assert resolve_path("package:not_a_package_at_all", __import__("pathlib").Path("/")) == "package:not_a_package_at_all"
