@@ -1,0 +1,33 @@
+"""Entry-point target of hostkit-merge-adapters: hookimpls only, no heavy imports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hostkit import PassSpec, Requirements, hookimpl
+from hostkit_merge_adapters.config import MergeAdapterWeightsConfig
+
+PASS_TYPE = "MergeAdapterWeights"
+
+
+@hookimpl
+def hostkit_register(register: Any) -> None:
+    register.pass_type(PassSpec(
+        name=PASS_TYPE,
+        config_cls=MergeAdapterWeightsConfig,
+        summary="merge a LoRA adapter into its base (a 4-bit base is dequantized first) and save a full model",
+        requires=Requirements(modules={"torch": "torch>=2.2", "transformers": "transformers>=4.45",
+                                       "peft": "peft>=0.13", "safetensors": "safetensors>=0.4"},
+                              gpu="no", notes="a QLoRA output also needs bitsandbytes>=0.50 (CPU works)"),
+        input_types=("HfModel",),
+        output_type="HfModel",
+    ))
+
+
+@hookimpl
+def hostkit_run_pass(pass_type: str, config: Any, model: Any, context: Any) -> Any:
+    if pass_type != PASS_TYPE:
+        return None
+    from hostkit_merge_adapters.merge import merge_adapter
+
+    return merge_adapter(model, config, context.output_dir, context)
