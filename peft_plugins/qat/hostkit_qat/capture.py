@@ -1,0 +1,84 @@
+"""Keep library chatter out of the user's face without silencing it.
+
+``torch.ao.quantization`` (eager QAT) is deprecated upstream and warns on every
+``prepare_qat``/``convert``, each observer warns about ``reduce_range``,
+``torch.jit`` warns that it is deprecated, torchao logs the optional kernels it
+cannot load, and Lightning logs its device summary. :class:`Captured` records
+those warnings and log lines (deduplicated, with counts) so that the pass can
+put them in the manifest's notes and log each once at DEBUG level. Warnings
+raised from the user's own code (a training loop, a LightningModule) are
+re-emitted unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections import Counter
+from typing import Iterator
+
+log = logging.getLogger("hostkit_qat")
+
+#: path fragments of the libraries whose warnings we capture
+_LIBRARY_PARTS = tuple(os.sep + p + os.sep for p in (
+    "torch", "torchao", "pytorch_lightning", "lightning", "lightning_fabric", "lightning_utilities", "hostkit_qat",
+))
+
+#: loggers whose records are captured while a block runs
+LIBRARY_LOGGERS = ("torchao", "torch.utils._pytree", "pytorch_lightning", "lightning.pytorch", "lightning_fabric",
+                   "lightning")
+
+
+def _first_line(text: str, limit: int = 200) -> str:
+    line = " ".join(str(text).strip().split("\n", 1)[0].split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+class _Collector(logging.Handler):
+    def __init__(self, sink: Counter):
+        super().__init__(logging.DEBUG)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.sink[f"log {record.name} {record.levelname}: {_first_line(record.getMessage())}"] += 1
+        except Exception:  # noqa: BLE001 - a log line must never break the pass
+            pass
+
+
+class Captured:
+    """Library warnings and log lines seen during :meth:`block`, deduplicated."""
+
+    def __init__(self) -> None:
+        self.messages: Counter = Counter()
+
+    @contextlib.contextmanager
+    def block(self, loggers: tuple[str, ...] = LIBRARY_LOGGERS) -> Iterator[None]:
+        saved = []
+        collector = _Collector(self.messages)
+        for name in loggers:
+            logger = logging.getLogger(name)
+            saved.append((logger, list(logger.handlers), logger.propagate))
+            logger.handlers = [collector]
+            logger.propagate = False
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                yield
+        finally:
+            for logger, handlers, propagate in saved:
+                logger.handlers = handlers
+                logger.propagate = propagate
+            for item in caught:
+                if any(part in item.filename for part in _LIBRARY_PARTS):
+                    self.messages[f"{item.category.__name__}: {_first_line(item.message)}"] += 1
+                else:  # the user's own code: not ours to hide
+                    warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
+
+    def as_notes(self) -> dict[str, int]:
+        """Message -> count, for the manifest; each message is also logged once at DEBUG."""
+        for message in self.messages:
+            log.debug("captured: %s", message)
+        return dict(sorted(self.messages.items()))
