@@ -107,6 +107,14 @@ def main(argv: list[str] | None = None, *, host: PluginHost | None = None, strea
     except KeyboardInterrupt:
         print("interrupted; completed steps are kept", file=stream)
         return 130
+    except OSError as exc:  # e.g. the output disk filled up while a step folder was being finalised
+        if pre.traceback:
+            from hostkit.runner import format_bug
+
+            print(format_bug(exc, limit=100), file=stream, end="")
+        print(f"ERROR: {exc.strerror or exc}: {exc.filename or ''}; completed steps are kept".replace(": ;", ";"),
+              file=stream)
+        return EXIT_PASS_FAILED
     except HostkitError as exc:
         cause = getattr(exc, "cause", None)
         if pre.traceback and cause is not None:
