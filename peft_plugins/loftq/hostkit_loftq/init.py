@@ -42,7 +42,7 @@ largest magnitude maps to the code +-1.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable
 
 import attrs
 
@@ -135,48 +135,76 @@ def lora_scaling(r: int, alpha: float, use_rslora: bool = False) -> float:
     return alpha / math.sqrt(r) if use_rslora else alpha / r
 
 
-def matches_target(module_name: str, targets: Iterable[str] | str) -> bool:
-    """peft's rule for a list of ``target_modules``: the name equals a target or ends with ``.target``.
+@attrs.define
+class LoftQReport:
+    """What :func:`apply_loftq` did, for the manifest: layers done and skipped, and the errors.
 
-    A string is a regular expression matched against the full name, as in peft.
+    Errors are Frobenius norms over all LoftQ layers together, relative to ``||W||``.
     """
-    import re
 
-    if isinstance(targets, str):
-        return re.fullmatch(targets, module_name) is not None
-    return any(module_name == t or module_name.endswith("." + t) for t in targets)
+    layers: list[str] = attrs.field(factory=list)
+    skipped: list[str] = attrs.field(factory=list)
+    weight_sq: float = 0.0
+    nf4_error_sq: float = 0.0
+    loftq_error_sq: float = 0.0
+
+    def add(self, name: str, weight: "torch.Tensor", factors: LoftQFactors) -> None:
+        import torch
+
+        self.layers.append(name)
+        self.weight_sq += float(torch.linalg.matrix_norm(weight.to(torch.float32))) ** 2
+        self.nf4_error_sq += factors.nf4_error ** 2
+        self.loftq_error_sq += factors.errors[-1] ** 2
+
+    @property
+    def nf4_relative_error(self) -> float:
+        return math.sqrt(self.nf4_error_sq / self.weight_sq) if self.weight_sq else 0.0
+
+    @property
+    def loftq_relative_error(self) -> float:
+        return math.sqrt(self.loftq_error_sq / self.weight_sq) if self.weight_sq else 0.0
 
 
-def loftq_model(model: "torch.nn.Module", targets: Iterable[str] | str, *, r: int, alpha: float,
-                use_rslora: bool = False, num_iter: int = 1, blocksize: int = BLOCKSIZE, seed: int = 0,
-                progress=None) -> dict[str, LoftQFactors]:
-    """Apply LoftQ to every ``nn.Linear`` of ``model`` whose name matches ``targets``.
+def apply_loftq(peft_model: "torch.nn.Module", *, num_iter: int = 1, adapter_name: str = "default",
+                blocksize: int = BLOCKSIZE, seed: int = 0, device: "str | torch.device | None" = None,
+                progress: Callable[[str, int, int], None] | None = None) -> LoftQReport:
+    """LoftQ-initialise every LoRA layer of a full-precision peft model, in place.
 
-    Each matched layer's weight is replaced, in place and in its own dtype, by
-    ``dequant(Q)`` (the new master weight). Returns module name -> factors.
-    ``progress(name, index, total)`` is called before each layer.
+    For each ``peft.tuners.lora.Linear`` whose base is an ``nn.Linear``, the
+    base weight becomes ``dequant(Q)`` (the new master weight, in the base's
+    dtype) and ``lora_A`` / ``lora_B`` the LoftQ factors for that layer's own
+    rank and scaling (so ``rank_pattern``, ``alpha_pattern`` and rsLoRA are
+    honoured). Other LoRA layers (embeddings, GPT-2's ``Conv1D``) are not
+    quantized to nf4 by bitsandbytes the same way and keep peft's default
+    initialisation; they are listed in ``skipped``. ``device`` is where the
+    maths runs (default: CUDA when available, else the CPU).
     """
     import torch
+    from peft.tuners.lora import Linear as LoraLinear, LoraLayer
 
-    scaling = lora_scaling(r, alpha, use_rslora)
-    layers = [(name, module) for name, module in model.named_modules()
-              if isinstance(module, torch.nn.Linear) and matches_target(name, targets)]
-    out: dict[str, LoftQFactors] = {}
-    for index, (name, module) in enumerate(layers):
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    report = LoftQReport()
+    layers = []
+    for name, module in peft_model.named_modules():
+        if not isinstance(module, LoraLayer) or adapter_name not in module.r:
+            continue
+        base = module.get_base_layer()
+        if isinstance(module, LoraLinear) and type(base) is torch.nn.Linear and not module.fan_in_fan_out:
+            layers.append((name, module, base))
+        else:
+            report.skipped.append(name)
+    for index, (name, module, base) in enumerate(layers):
         if progress is not None:
             progress(name, index, len(layers))
-        factors = loftq_decompose(module.weight, r, num_iter=num_iter, scaling=scaling, blocksize=blocksize, seed=seed)
+        weight = base.weight.detach().to(device)
+        factors = loftq_decompose(weight, module.r[adapter_name], num_iter=num_iter,
+                                  scaling=module.scaling[adapter_name], blocksize=blocksize, seed=seed)
+        report.add(name, weight, factors)
         with torch.no_grad():
-            module.weight.copy_(factors.weight.to(module.weight.dtype))
-        out[name] = factors
-    return out
-
-
-def adapter_state_dict(factors: dict[str, LoftQFactors], dtype: "torch.dtype | None" = None,
-                       prefix: str = "base_model.model.") -> dict[str, "torch.Tensor"]:
-    """The factors as a peft adapter file's tensors (``<prefix><module>.lora_A.weight`` ...)."""
-    out = {}
-    for name, f in factors.items():
-        out[f"{prefix}{name}.lora_A.weight"] = f.lora_A if dtype is None else f.lora_A.to(dtype)
-        out[f"{prefix}{name}.lora_B.weight"] = f.lora_B if dtype is None else f.lora_B.to(dtype)
-    return out
+            base.weight.copy_(factors.weight.to(base.weight.dtype))
+            lora_a, lora_b = module.lora_A[adapter_name].weight, module.lora_B[adapter_name].weight
+            lora_a.copy_(factors.lora_A.to(lora_a.dtype))
+            lora_b.copy_(factors.lora_B.to(lora_b.dtype))
+        del weight, factors
+    return report

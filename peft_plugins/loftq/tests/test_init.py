@@ -7,9 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("bitsandbytes")
 
-from hostkit_loftq.init import (  # noqa: E402
-    adapter_state_dict, lora_scaling, loftq_decompose, loftq_model, low_rank, matches_target, nf4_roundtrip,
-)
+from hostkit_loftq.init import apply_loftq, lora_scaling, loftq_decompose, low_rank, nf4_roundtrip  # noqa: E402
 
 
 def _error(weight, factors, scaling):
@@ -71,25 +69,51 @@ def test_low_rank_randomized_close_to_full_svd():
     assert float(torch.linalg.matrix_norm(matrix - left @ right)) <= best * 1.01
 
 
-def test_loftq_model_replaces_targets_only():
+class _Toy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(16, 64)
+        self.q_proj = torch.nn.Linear(64, 128, bias=False)
+        self.v_proj = torch.nn.Linear(64, 64, bias=False)
+        self.lm_head = torch.nn.Linear(64, 16, bias=False)
+
+    def forward(self, x):
+        h = self.embed(x)
+        return self.lm_head(self.q_proj(h)[..., :64] + self.v_proj(h))
+
+
+def test_apply_loftq_on_a_peft_model_reproduces_the_weights():
+    import peft
+
     torch.manual_seed(0)
-    model = torch.nn.Sequential()
-    model.add_module("q_proj", torch.nn.Linear(64, 64))
-    model.add_module("lm_head", torch.nn.Linear(64, 32))
-    before_head = model.lm_head.weight.detach().clone()
-    factors = loftq_model(model, ["q_proj"], r=4, alpha=8)
-    assert list(factors) == ["q_proj"]
-    assert torch.equal(model.q_proj.weight, factors["q_proj"].weight)
-    assert torch.equal(model.lm_head.weight, before_head)
-    keys = sorted(adapter_state_dict(factors))
-    assert keys == ["base_model.model.q_proj.lora_A.weight", "base_model.model.q_proj.lora_B.weight"]
+    model = _Toy()
+    original = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "embed"],
+                             rank_pattern={"v_proj": 2}, alpha_pattern={"v_proj": 16})
+    peft_model = peft.get_peft_model(model, config)
+    report = apply_loftq(peft_model, num_iter=2)
+    assert sorted(report.layers) == ["base_model.model.q_proj", "base_model.model.v_proj"]
+    assert report.skipped == ["base_model.model.embed"]
+    assert report.loftq_relative_error < report.nf4_relative_error
+    for short, scaling, rank in (("q_proj", 2.0, 4), ("v_proj", 8.0, 2)):
+        layer = peft_model.base_model.model.get_submodule(short)
+        assert layer.scaling["default"] == scaling
+        a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        assert a.shape[0] == rank
+        w = original[short]
+        master = layer.get_base_layer().weight
+        assert torch.equal(nf4_roundtrip(master), master)  # on the nf4 grid
+        err = torch.linalg.matrix_norm(w - (master + scaling * b @ a))
+        assert err < torch.linalg.matrix_norm(w - nf4_roundtrip(w))
+    # the peft forward pass is the LoftQ approximation of the original layer
+    x = torch.randn(3, 64)
+    layer = peft_model.base_model.model.q_proj
+    assert torch.allclose(layer(x), x @ (layer.get_base_layer().weight + 2.0 * layer.lora_B["default"].weight
+                                         @ layer.lora_A["default"].weight).T, atol=1e-5)
 
 
 def test_helpers():
     assert lora_scaling(16, 32) == 2.0
     assert lora_scaling(16, 32, use_rslora=True) == 8.0
-    assert matches_target("model.layers.0.self_attn.q_proj", ["q_proj"])
-    assert not matches_target("model.layers.0.self_attn.q_proj_x", ["q_proj"])
-    assert matches_target("a.q_proj", r".*\.q_proj")
     with pytest.raises(ValueError):
         loftq_decompose(torch.zeros(4, 4), 2, num_iter=0)

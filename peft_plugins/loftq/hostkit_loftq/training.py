@@ -1,0 +1,157 @@
+"""The LoftQ pass: what LoftQ does differently from QLoRA, on top of hostkit-lora's loop.
+
+Training is hostkit-lora's :class:`~hostkit_lora.training.LoraTraining` (data,
+Trainer, resume, loss curve, adapter saving). LoftQ changes three hooks:
+
+``load_base``
+    1. load the input model in full precision and put LoRA layers on it;
+    2. LoftQ-initialise every targeted linear layer
+       (:func:`hostkit_loftq.init.apply_loftq`): base weight := ``dequant(Q)``,
+       ``lora_A`` / ``lora_B`` := the low-rank fit of ``W - dequant(Q)``;
+    3. save the initial adapter to ``loftq_init_adapter/`` and the base with the
+       new master weights (full precision, with config, generation config and
+       tokenizer) to ``model/``;
+    4. load ``model/`` in 4-bit nf4: quantizing ``dequant(Q)`` again gives ``Q``
+       back exactly, so the quantized base is the one LoftQ optimised for.
+``attach_adapter``
+    make the saved initial adapter trainable on the 4-bit base
+    (``PeftModel.from_pretrained(..., is_trainable=True)``), instead of a fresh
+    zero-initialised one.
+``output_handle``
+    ``HfModel(path=<step>/model, adapter_path=<step>/adapter)``, plus the nf4
+    settings when ``save_quant_config`` (the default).
+
+Under ``torchrun`` only the main process computes and writes ``model/``; the
+other ranks wait at a barrier and then load it.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from hostkit import HfModel, PassError
+from hostkit_lora.training import LoraTraining
+
+from hostkit_loftq.config import LoftQConfig
+from hostkit_loftq.init import apply_loftq
+
+MODEL_DIR = "model"
+INIT_ADAPTER_DIR = "loftq_init_adapter"
+#: written last, so a resumed step knows model/ and loftq_init_adapter/ are whole
+DONE_FILE = "loftq.json"
+
+
+class LoftQTraining(LoraTraining):
+    """LoRA fine-tuning from a LoftQ initialisation on a 4-bit nf4 base (see the module doc)."""
+
+    pass_name = "LoftQ"
+    config: LoftQConfig
+
+    def __init__(self, config: LoftQConfig, model: HfModel, context: Any):
+        super().__init__(config, model, context)
+        if model.quantization:
+            raise PassError("model.quantization: the input model is already quantized; LoftQ needs the full-precision "
+                            "weights (give it the unquantized model, or use LoRA on the quantized one)")
+        self.source = model
+        self._full_precision = False
+
+    # -- hooks -------------------------------------------------------------------
+
+    def quantization(self) -> dict[str, Any] | None:
+        if self._full_precision:
+            return None
+        # Olive's LoftQ: nf4, no double quantization; compute in compute_dtype, else torch_dtype.
+        return {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": False,
+                "bnb_4bit_compute_dtype": self.config.compute_dtype or self.dtype_name}
+
+    def default_target_modules(self, model: Any) -> list[str] | str | None:
+        # Olive's LoftQ adapts every quantized linear layer; peft's "all-linear" is that (all but the output layer).
+        return "all-linear"
+
+    def load_base(self) -> Any:
+        out = self.context.output_dir
+        model_dir, init_dir = out / MODEL_DIR, out / INIT_ADAPTER_DIR
+        if self.context.is_main_process:
+            if self.context.resuming and (out / DONE_FILE).exists():
+                self.context.note(loftq_init="reused from the interrupted run")
+            else:
+                self._initialise(model_dir, init_dir)
+        self.context.run.barrier()
+        self.handle = attrs.evolve(self.source, path=str(model_dir), tokenizer_path=None, gguf_file=None)
+        self.context.progress(f"loading {MODEL_DIR}/ in 4-bit nf4")
+        return super().load_base()
+
+    def attach_adapter(self, model: Any, lora_config: Any) -> Any:
+        import peft
+
+        return peft.PeftModel.from_pretrained(model, str(self.context.output_dir / INIT_ADAPTER_DIR), is_trainable=True)
+
+    def output_handle(self, adapter_dir: Path) -> HfModel:
+        handle = super().output_handle(adapter_dir)
+        return attrs.evolve(handle, quantization=self.quantization() if self.config.save_quant_config else None)
+
+    # -- the LoftQ step ------------------------------------------------------------
+
+    def _initialise(self, model_dir: Path, init_dir: Path) -> None:
+        import peft
+
+        context = self.context
+        for stale in (model_dir, init_dir, context.output_dir / DONE_FILE):
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            elif stale.exists():
+                stale.unlink()
+        context.progress(f"loading {self.source.path} in {self.dtype_name} for the LoftQ initialisation")
+        self._full_precision = True
+        try:
+            full = super().load_base()
+        finally:
+            self._full_precision = False
+        lora_config = self.lora_config(full)
+        try:
+            peft_model = peft.get_peft_model(full, lora_config)
+        except ValueError as exc:
+            raise PassError(f"target_modules: {exc}") from exc
+
+        def progress(name: str, index: int, total: int) -> None:
+            context.progress(f"LoftQ init {name.removeprefix('base_model.model.')}", index + 1, total)
+
+        report = apply_loftq(peft_model, num_iter=self.config.loftq_iter, progress=progress)
+        if not report.layers:
+            raise PassError("target_modules: no linear layer to initialise with LoftQ among the targets")
+        # Loaded again from the file: do not let peft initialise it a second time.
+        peft_model.peft_config["default"].init_lora_weights = True
+        peft_model.save_pretrained(str(init_dir), save_embedding_layers=False)
+        base = peft_model.unload()
+        base.save_pretrained(str(model_dir))
+        self.tokenizer.save_pretrained(str(model_dir))
+        facts = {
+            "loftq_iter": self.config.loftq_iter,
+            "layers": len(report.layers),
+            "skipped_layers": [n.removeprefix("base_model.model.") for n in report.skipped],
+            "nf4_relative_error": report.nf4_relative_error,
+            "loftq_relative_error": report.loftq_relative_error,
+        }
+        context.report_metric("loftq_nf4_relative_error", round(report.nf4_relative_error, 6))
+        context.report_metric("loftq_relative_error", round(report.loftq_relative_error, 6))
+        context.note(loftq_layers=len(report.layers),
+                     **({"loftq_skipped_layers": facts["skipped_layers"]} if report.skipped else {}))
+        (context.output_dir / DONE_FILE).write_text(json.dumps(facts, indent=2) + "\n")
+        del peft_model, base, full
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def run_loftq(config: LoftQConfig, model: HfModel, context: Any) -> HfModel:
+    """Run one LoftQ pass and return the output handle."""
+    from hostkit_lora.training import run_lora
+
+    return run_lora(config, model, context, training_cls=LoftQTraining)
