@@ -122,6 +122,7 @@ def plan_run(run_file: Path, host: PluginHost, *, output_dir: str | None = None)
         where = f"passes[{index}]"
         if not isinstance(type_name, str):
             problems.append(f"{where}.type: missing (one of {', '.join(_known_passes(host)) or 'no pass types installed'})")
+            current_type = None
             continue
         spec = host.registry.find_pass(type_name)
         if spec is None:
@@ -130,6 +131,9 @@ def plan_run(run_file: Path, host: PluginHost, *, output_dir: str | None = None)
                 plugin_problems.append(f"{where} ({type_name}): {broken}")
             else:
                 problems.append(f"{where}.type: {_unknown_pass_message(host, type_name)}")
+            current_type = None  # unknown output: do not cascade type errors onto later steps
+            if isinstance(step_name, str):
+                types_by_name[step_name] = None
             continue
         where = f"passes[{index}] ({spec.name})"
         if step_name is not None and (not isinstance(step_name, str) or not _NAME.fullmatch(step_name)
