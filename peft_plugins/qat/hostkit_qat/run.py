@@ -14,6 +14,7 @@ Imported only when a step runs (it imports torch). The steps, for both back-ends
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import shutil
@@ -56,6 +57,13 @@ class _ExampleRecorder:
 
     def remove(self) -> None:
         self._handle.remove()
+
+
+def _saved_bytes(state_dict: dict[str, Any]) -> int:
+    """Bytes of ``torch.save(state_dict)``: the weights alone, without TorchScript's code and debug tables."""
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    return buffer.getbuffer().nbytes
 
 
 def _seed(seed: int | None) -> None:
@@ -105,6 +113,7 @@ def run_qat(config: QuantizationAwareTrainingConfig, model: PyTorchModel, contex
 
     _seed(config.seed)
     float_model = build_float_model(model)
+    float_weights_bytes = _saved_bytes(float_model.state_dict())
     with captured.block():
         if config.backend == "torchao":
             from hostkit_qat.torchao_backend import TorchaoBackend
@@ -156,6 +165,7 @@ def run_qat(config: QuantizationAwareTrainingConfig, model: PyTorchModel, contex
         if val_batches is not None:
             context.report_metric("val_accuracy_fake_quant", round(accuracy(trained, val_batches), 6))
         converted = backend.convert(trained)
+        quantized_weights_bytes = _saved_bytes(converted.state_dict())
         path, saved = backend.save(converted, out_dir, example)
         float_bytes = backend.float_size(example)
         if example is not None:
@@ -178,6 +188,9 @@ def run_qat(config: QuantizationAwareTrainingConfig, model: PyTorchModel, contex
     context.report_metric("float_model_bytes", float_bytes)
     context.report_metric("quantized_model_bytes", quantized_bytes)
     context.report_metric("size_ratio", round(quantized_bytes / float_bytes, 4) if float_bytes else None)
+    context.report_metric("float_weights_bytes", float_weights_bytes)
+    context.report_metric("quantized_weights_bytes", quantized_weights_bytes)
+    context.report_metric("weights_ratio", round(quantized_weights_bytes / float_weights_bytes, 4))
     notes = {"mode": mode, "backend": backend.name, **backend.notes}
     if example is not None:
         notes["example_input_shapes"] = [list(a.shape) for a in example[0] if isinstance(a, torch.Tensor)]

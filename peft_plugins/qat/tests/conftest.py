@@ -54,7 +54,7 @@ def _one_thread():
     yield
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def qat():
     """Paths and run-file pieces: ``qat.cnn_run(pass_table)`` gives a whole run file."""
 
