@@ -12,16 +12,8 @@ pytest.importorskip("peft")
 
 from hostkit.testing.conformance import PassConformance  # noqa: E402
 
-TEXTS = [
-    "### Q: What is the capital of France? ### A: Paris.",
-    "### Q: What is the capital of Germany? ### A: Berlin.",
-    "### Q: What is the capital of Italy? ### A: Rome.",
-    "### Q: What is the capital of Spain? ### A: Madrid.",
-    "The country code of france is FR.",
-    "The country code of germany is GE.",
-    "this movie was really great and the actor was very good",
-    "this film was terrible and the story was bad",
-]
+DATA = Path(__file__).parent / "data" / "train.jsonl"
+
 
 RUN = """
 [model]
@@ -52,22 +44,21 @@ dir = "out"
 """
 
 
-def write_data(folder: Path) -> Path:
-    path = folder / "train.jsonl"
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
-    return path
+def run_file(model: Path, loftq_iter: int = 1, max_steps: int = 2, extra: str = "") -> str:
+    return RUN.format(model=model, data=DATA, loftq_iter=loftq_iter, max_steps=max_steps).replace(
+        "[passes.training_args]", extra + "[passes.training_args]")
 
 
-def run_file(model: Path, data: Path, loftq_iter: int = 1, max_steps: int = 2) -> str:
-    return RUN.format(model=model, data=data, loftq_iter=loftq_iter, max_steps=max_steps)
+def texts(n: int) -> list[str]:
+    return [json.loads(line)["text"] for line in DATA.read_text().splitlines()[:n]]
 
 
-def test_loftq_iter_1_runs_end_to_end_and_the_adapter_loads(tiny_llama, run_toml, tmp_path):
+def test_loftq_iter_1_runs_end_to_end_and_the_adapter_loads(tiny_llama, run_toml):
     import torch
     import transformers
     from peft import PeftModel
 
-    result = run_toml(run_file(tiny_llama, write_data(tmp_path), loftq_iter=1, max_steps=3))
+    result = run_toml(run_file(tiny_llama, loftq_iter=1, max_steps=3))
     assert result.exit_code == 0, result.output
     step = result.step(0)
     folder = result.output_dir / step["folder"]
@@ -102,13 +93,13 @@ def test_loftq_iter_1_runs_end_to_end_and_the_adapter_loads(tiny_llama, run_toml
 
 
 @pytest.mark.slow
-def test_loftq_init_starts_closer_to_the_original_model_than_nf4(tiny_llama, run_toml, tmp_path):
+def test_loftq_init_starts_closer_to_the_original_model_than_nf4(tiny_llama, run_toml):
     """Before training, nf4(model/) + the initial adapter approximates the original model better than nf4 alone."""
     import torch
     import transformers
     from peft import PeftModel
 
-    result = run_toml(run_file(tiny_llama, write_data(tmp_path), loftq_iter=2, max_steps=1))
+    result = run_toml(run_file(tiny_llama, loftq_iter=2, max_steps=1))
     assert result.exit_code == 0, result.output
     step = result.step(0)
     folder = result.output_dir / step["folder"]
@@ -118,7 +109,7 @@ def test_loftq_init_starts_closer_to_the_original_model_than_nf4(tiny_llama, run
                                             bnb_4bit_compute_dtype="float32")
     tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_llama)
     tokenizer.pad_token = tokenizer.eos_token
-    batch = tokenizer(TEXTS[:4], return_tensors="pt", padding=True)
+    batch = tokenizer(texts(4), return_tensors="pt", padding=True)
     load = transformers.AutoModelForCausalLM.from_pretrained
     with torch.no_grad():
         reference = load(tiny_llama, dtype=torch.float32)(**batch).logits
@@ -142,4 +133,18 @@ class TestLoftQConformance(PassConformance):
         ({"save_quant_config": "yes"}, "save_quant_config"),
         ({"quant_type": "fp4"}, "quant_type"),
     ]
-    run_file = None
+    run_file = RUN.format(model="{tiny_llama}", data=DATA, loftq_iter=1, max_steps=1)
+
+
+def test_validate_refuses_dora_and_a_quantized_input(tiny_llama, run_toml):
+    text = run_file(tiny_llama, extra="use_dora = true\n").replace(
+        'path = "%s"' % tiny_llama, 'path = "%s"\nquantization = {load_in_4bit = true}' % tiny_llama, 1)
+    result = run_toml(text, command="validate")
+    assert result.exit_code == 2, result.output
+    assert "passes[0] (LoftQ).use_dora" in result.output or "use_dora" in result.output
+    assert "already quantized" in result.output
+
+
+def test_validate_accepts_the_example(tiny_llama, run_toml):
+    result = run_toml(run_file(tiny_llama), command="validate")
+    assert result.exit_code == 0, result.output
