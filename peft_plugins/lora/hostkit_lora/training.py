@@ -160,6 +160,8 @@ class LoraTraining:
             model = auto.from_pretrained(self.handle.path, **self.load_kwargs())
         except (OSError, ValueError) as exc:
             raise PassError(f"model.path: cannot load {self.handle.path}: {exc}") from exc
+        if self.quantization():
+            release_checkpoint_file(model)
         if self.tokenizer is not None and getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = self.tokenizer.pad_token_id
         return model
@@ -315,6 +317,36 @@ class LoraTraining:
         return handle
 
 
+def release_checkpoint_file(model: Any) -> None:
+    """Let go of the memory-mapped checkpoint after a quantized load.
+
+    transformers keeps the tensors it did not quantize (embeddings, norms,
+    lm_head) as views of the mmapped safetensors file, which keeps the whole
+    file mapped, and every page the quantizer read stays resident: on an 88M
+    model ~295 MB of fp32 pages next to 42 MB of nf4 weights, erasing QLoRA's
+    saving. Copying those few tensors drops the last reference to the mapping;
+    ``malloc_trim`` hands the quantizer's freed scratch memory back to the OS.
+    """
+    seen: set[int] = set()
+    for module in model.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            if id(param) in seen or type(param).__name__ in ("Params4bit", "Int8Params"):
+                continue
+            seen.add(id(param))
+            param.data = param.data.clone()
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            if buffer is not None and id(buffer) not in seen:
+                seen.add(id(buffer))
+                module._buffers[name] = buffer.clone()
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _as_list(value: Any) -> list[str]:
     if value is None:
         return []
@@ -338,4 +370,4 @@ def run_lora(config: LoRAConfig, model: HfModel, context: Any, *,
     return training_cls(config, model, context).run()
 
 
-__all__ = ["LoraTraining", "LossCurve", "default_dtype", "run_lora"]
+__all__ = ["LoraTraining", "LossCurve", "default_dtype", "release_checkpoint_file", "run_lora"]
