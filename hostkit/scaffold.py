@@ -209,7 +209,10 @@ def readme_problems(folder: str | Path, host: Any = None) -> list[str]:
 
     folder = Path(folder)
     readme = folder / "README.md"
-    specs = plugin_passes(folder, host)
+    try:
+        specs = plugin_passes(folder, host)
+    except ConfigError as exc:
+        return [str(exc)]
     fix = f"run: python -m hostkit.scaffold update-readme {folder}"
     if not readme.is_file():
         return [f"{readme}: missing (it needs an option table per pass type: {', '.join(sorted(specs))})"]
@@ -217,8 +220,8 @@ def readme_problems(folder: str | Path, host: Any = None) -> list[str]:
     problems = []
     for pass_type, spec in sorted(specs.items()):
         if pass_type not in blocks:
-            problems.append(f"{readme}: no option table for {pass_type}: add the lines "
-                            f"'<!-- options:{pass_type} -->' and '<!-- /options -->', then {fix}")
+            problems.append(f"{readme}: no option table for {pass_type} (between '<!-- options:{pass_type} -->' "
+                            f"and '<!-- /options -->'); {fix}")
         elif blocks[pass_type] != markdown_table(spec.config_cls):
             problems.append(f"{readme}: the {pass_type} option table differs from {spec.config_cls.__qualname__}; {fix}")
     for pass_type in sorted(set(blocks) - set(specs)):
@@ -228,14 +231,27 @@ def readme_problems(folder: str | Path, host: Any = None) -> list[str]:
 
 
 def update_readme(folder: str | Path, host: Any = None) -> bool:
-    """Regenerate the option tables of ``folder/README.md``; True when the file changed."""
+    """Regenerate the option tables of ``folder/README.md``; True when the file changed.
+
+    A pass type without a marked table gets one, appended under an ``## Options``
+    heading (move it where it reads best; the markers keep it found).
+    """
     readme = Path(folder) / "README.md"
+    if not readme.is_file():
+        raise ConfigError(f"{readme}: missing; write one (what the technique is, an example run file, outputs) first")
     specs = plugin_passes(folder, host)
     text = readme.read_text(encoding="utf-8")
+    missing = [name for name in sorted(specs) if name not in option_blocks(text)]
+    if missing:
+        text = text.rstrip("\n") + "\n"
+        for name in missing:
+            heading = "## Options" if len(specs) == 1 else f"## Options of {name}"
+            text += f"\n{heading}\n\n<!-- options:{name} -->\n<!-- /options -->\n"
     new = render_options(text, {name: spec.config_cls for name, spec in specs.items()})
-    if new != text:
+    changed = new != readme.read_text(encoding="utf-8")
+    if changed:
         readme.write_text(new, encoding="utf-8")
-    return new != text
+    return changed
 
 
 def main(argv: list[str] | None = None) -> int:
