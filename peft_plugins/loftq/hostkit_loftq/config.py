@@ -1,7 +1,9 @@
 """Options of ``type = "LoftQ"``: LoRA's, QLoRA's base options, and ``loftq_iter``.
 
 As in Olive, LoftQ quantizes to 4-bit nf4 without double quantization, so
-QLoRA's ``quant_type`` and ``double_quant`` are not options here.
+QLoRA's ``quant_type`` and ``double_quant`` are fixed here (class constants,
+not options: hostkit-qlora's training code reads them), and ``compute_dtype`` /
+``save_quant_config`` mean what they mean for QLoRA.
 
 Differences from Olive, on purpose:
 
@@ -13,6 +15,8 @@ Differences from Olive, on purpose:
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import attrs
 
 from hostkit import one_of, option, positive
@@ -22,6 +26,9 @@ from hostkit_lora.config import DTYPES, LoRAConfig, _target_modules
 @attrs.frozen(kw_only=True)
 class LoftQConfig(LoRAConfig):
     """Options of ``type = "LoftQ"`` (LoftQ, arXiv:2310.08659)."""
+
+    quant_type: ClassVar[str] = "nf4"
+    double_quant: ClassVar[bool] = False
 
     target_modules: list[str] | str | None = option(
         None, help="module names to adapt (and LoftQ-initialise), or \"all-linear\"; omitted: all-linear "

@@ -1,7 +1,10 @@
-"""The LoftQ pass: what LoftQ does differently from QLoRA, on top of hostkit-lora's loop.
+"""The LoftQ pass: what LoftQ does differently from QLoRA, all of it.
 
 Training is hostkit-lora's :class:`~hostkit_lora.training.LoraTraining` (data,
-Trainer, resume, loss curve, adapter saving). LoftQ changes three hooks:
+Trainer, resume, loss curve, adapter saving), on a 4-bit base prepared the way
+hostkit-qlora's :class:`~hostkit_qlora.quantized.QLoraTraining` does it (nf4
+settings, k-bit preparation, optimizer defaults, ``save_quant_config`` in the
+output handle). LoftQ changes three hooks more:
 
 ``load_base``
     1. load the input model in full precision and put LoRA layers on it;
@@ -17,9 +20,12 @@ Trainer, resume, loss curve, adapter saving). LoftQ changes three hooks:
     make the saved initial adapter trainable on the 4-bit base
     (``PeftModel.from_pretrained(..., is_trainable=True)``), instead of a fresh
     zero-initialised one.
-``output_handle``
-    ``HfModel(path=<step>/model, adapter_path=<step>/adapter)``, plus the nf4
-    settings when ``save_quant_config`` (the default).
+``default_target_modules``
+    ``"all-linear"`` (every linear layer but the output one, as Olive's LoftQ),
+    resolved on the full-precision model, before anything is quantized.
+
+The output handle is ``HfModel(path=<step>/model, adapter_path=<step>/adapter)``,
+plus the nf4 settings when ``save_quant_config`` (the default).
 
 Under ``torchrun`` only the main process computes and writes ``model/``; the
 other ranks wait at a barrier and then load it.
@@ -37,7 +43,8 @@ import attrs
 import torch
 
 from hostkit import HfModel, PassError
-from hostkit_lora.training import LoraTraining
+from hostkit_lora.training import run_lora
+from hostkit_qlora.quantized import QLoraTraining
 
 from hostkit_loftq.config import LoftQConfig
 from hostkit_loftq.init import apply_loftq
@@ -48,28 +55,22 @@ INIT_ADAPTER_DIR = "loftq_init_adapter"
 DONE_FILE = "loftq.json"
 
 
-class LoftQTraining(LoraTraining):
+class LoftQTraining(QLoraTraining):
     """LoRA fine-tuning from a LoftQ initialisation on a 4-bit nf4 base (see the module doc)."""
 
     pass_name = "LoftQ"
     config: LoftQConfig
 
     def __init__(self, config: LoftQConfig, model: HfModel, context: Any):
-        super().__init__(config, model, context)
-        if model.quantization:
-            raise PassError("model.quantization: the input model is already quantized; LoftQ needs the full-precision "
-                            "weights (give it the unquantized model, or use LoRA on the quantized one)")
+        super().__init__(config, model, context)  # QLoRA refuses an already quantized input
         self.source = model
         self._full_precision = False
 
     # -- hooks -------------------------------------------------------------------
 
     def quantization(self) -> dict[str, Any] | None:
-        if self._full_precision:
-            return None
-        # Olive's LoftQ: nf4, no double quantization; compute in compute_dtype, else torch_dtype.
-        return {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": False,
-                "bnb_4bit_compute_dtype": self.config.compute_dtype or self.dtype_name}
+        # nf4 without double quantization (LoftQConfig fixes both, as Olive does), except while initialising
+        return None if self._full_precision else super().quantization()
 
     def default_target_modules(self, model: Any) -> list[str] | str | None:
         # Olive's LoftQ adapts every quantized linear layer; peft's "all-linear" is that (all but the output layer).
@@ -92,10 +93,6 @@ class LoftQTraining(LoraTraining):
         import peft
 
         return peft.PeftModel.from_pretrained(model, str(self.context.output_dir / INIT_ADAPTER_DIR), is_trainable=True)
-
-    def output_handle(self, adapter_dir: Path) -> HfModel:
-        handle = super().output_handle(adapter_dir)
-        return attrs.evolve(handle, quantization=self.quantization() if self.config.save_quant_config else None)
 
     # -- the LoftQ step ------------------------------------------------------------
 
@@ -152,6 +149,4 @@ class LoftQTraining(LoraTraining):
 
 def run_loftq(config: LoftQConfig, model: HfModel, context: Any) -> HfModel:
     """Run one LoftQ pass and return the output handle."""
-    from hostkit_lora.training import run_lora
-
     return run_lora(config, model, context, training_cls=LoftQTraining)
