@@ -80,7 +80,7 @@ class QuantizationAwareTrainingConfig:
                          help="torchao: " + "; ".join(f"{k} = {v}" for k, v in TORCHAO_SCHEMES.items()))
     group_size: int = option(32, validator=positive, help="torchao: weights per scale for the int4 schemes")
     # -- run control
-    seed: int | None = option(42, help="seed of torch, numpy and random before preparing the model (none: do not seed)")
+    seed: int = option(42, help="seed of torch, numpy and random, set before the model is built")
     checkpoint_path: str | None = option(
         None, path=True,
         help="folder for training checkpoints, kept after the run (default: inside the step folder, removed when it completes); "

@@ -10,6 +10,8 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from hostkit import PassSpec, PyTorchModel, Requirements, hookimpl
 from hostkit_qat.config import QuantizationAwareTrainingConfig
 
@@ -33,6 +35,11 @@ def lightning_available() -> bool:
     return module_available("pytorch_lightning") or module_available("lightning")
 
 
+def _is_set(config: QuantizationAwareTrainingConfig, name: str) -> bool:
+    """Whether option ``name`` differs from its default (i.e. the run file or plugins.toml set it)."""
+    return getattr(config, name) != attrs.fields_dict(type(config))[name].default
+
+
 def check(config: QuantizationAwareTrainingConfig, context: Any) -> list[str]:
     """Problems of a QAT step that can be found without importing torch (``"<option>: <message>"``)."""
     problems: list[str] = []
@@ -50,10 +57,9 @@ def check(config: QuantizationAwareTrainingConfig, context: Any) -> list[str]:
         problems.append(f"num_epochs: required with {modes[0]} (or set num_steps)")
     if mode == "training_loop_func":
         for name in ("num_epochs", "num_steps", "learning_rate"):
-            field_default = {"learning_rate": 1e-3}.get(name)
-            if getattr(config, name) != field_default:
+            if _is_set(config, name):
                 problems.append(f"{name}: not used by training_loop_func (your function decides how it trains)")
-    if mode == "ptl_module" and config.learning_rate != 1e-3:
+    if mode == "ptl_module" and _is_set(config, "learning_rate"):
         problems.append("learning_rate: not used by ptl_module (the LightningModule's configure_optimizers decides)")
 
     # the user script
@@ -75,14 +81,13 @@ def check(config: QuantizationAwareTrainingConfig, context: Any) -> list[str]:
         for name in EAGER_ONLY:
             if getattr(config, name):
                 problems.append(f"{name}: only used by backend = \"eager\"")
-        if config.quant_stubs != "auto":
-            problems.append("quant_stubs: only used by backend = \"eager\"")
-        if config.engine != "x86":
-            problems.append("engine: only used by backend = \"eager\"")
+        for name in ("quant_stubs", "engine"):
+            if _is_set(config, name):
+                problems.append(f"{name}: only used by backend = \"eager\"")
     else:
-        if config.scheme != "int8-dynamic-act-int4-weight" or config.group_size != 32:
-            name = "scheme" if config.scheme != "int8-dynamic-act-int4-weight" else "group_size"
-            problems.append(f"{name}: only used by backend = \"torchao\"")
+        for name in TORCHAO_ONLY:
+            if _is_set(config, name):
+                problems.append(f"{name}: only used by backend = \"torchao\"")
         for i, group in enumerate(config.modules_to_fuse or []):
             if len(group) < 2:
                 problems.append(f"modules_to_fuse[{i}]: a group needs at least two module names, got {group!r}")

@@ -95,6 +95,9 @@ def _run_example(module: Any, example: tuple) -> Any:
 
 
 def run_qat(config: QuantizationAwareTrainingConfig, model: PyTorchModel, context: Any) -> PyTorchModel:
+    if getattr(context.run, "world_size", 1) > 1:
+        raise PassError("QuantizationAwareTraining trains in one process; run it without torchrun "
+                        "(mode b: Lightning's own strategies are not used either)")
     out_dir = Path(context.output_dir)
     captured = Captured()
     user_function = _user_functions(config, model)

@@ -313,5 +313,7 @@ def lightning_fit(model: Any, module_factory: Callable[..., Any], module_name: s
     if validate:
         for name, value in (trainer.validate(lightning_module, verbose=False, **fit_kwargs) or [{}])[0].items():
             results[f"lightning_{name}"] = float(value)
-    trained = getattr(lightning_module, "model", None)
-    return (trained if isinstance(trained, type(model)) else model), results
+    import torch
+
+    trained = getattr(lightning_module, "model", None)  # Olive took ptl_module.model; usually our model itself
+    return (trained if isinstance(trained, torch.nn.Module) else model), results

@@ -141,3 +141,9 @@ def test_validation_imports_no_heavy_library(qat, tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
+@pytest.mark.parametrize("example", sorted((TESTS.parent / "examples").glob("*.toml")), ids=lambda p: p.stem)
+def test_readme_examples_validate(run_toml, example, tmp_path):
+    result = run_toml(example.read_text(), command="validate", workdir=example.parent)
+    assert result.exit_code == 0, result.output
