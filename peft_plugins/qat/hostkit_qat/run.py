@@ -162,22 +162,30 @@ def run_qat(config: QuantizationAwareTrainingConfig, model: PyTorchModel, contex
         trained = prepared
     example = recorder.example
 
-    with captured.block():
-        trained = trained.cpu()
-        backend.freeze(trained)
-        if val_batches is not None:
-            context.report_metric("val_accuracy_fake_quant", round(accuracy(trained, val_batches), 6))
-        converted = backend.convert(trained)
-        quantized_weights_bytes = _saved_bytes(converted.state_dict())
-        path, saved = backend.save(converted, out_dir, example)
-        float_bytes = backend.float_size(example)
-        if example is not None:
-            expected, got = _run_example(converted, example), _run_example(saved, example)
-            if not torch.equal(expected.argmax(-1), got.argmax(-1)):
-                raise PassError(f"the saved model ({path.name}) does not reproduce the converted model's predictions")
-            context.note(saved_vs_converted_max_abs_diff=float((expected.float() - got.float()).abs().max()))
-        if val_batches is not None:
-            context.report_metric("val_accuracy", round(accuracy(saved, val_batches), 6))
+    try:
+        with captured.block():
+            trained = trained.cpu()
+            backend.freeze(trained)
+            if val_batches is not None:
+                context.report_metric("val_accuracy_fake_quant", round(accuracy(trained, val_batches), 6))
+            converted = backend.convert(trained)
+            quantized_weights_bytes = _saved_bytes(converted.state_dict())
+            path, saved = backend.save(converted, out_dir, example)
+            float_bytes = backend.float_size(example)
+            if example is not None:
+                expected, got = _run_example(converted, example), _run_example(saved, example)
+                if not torch.equal(expected.argmax(-1), got.argmax(-1)):
+                    raise PassError(f"the saved model ({path.name}) does not reproduce the converted model's predictions")
+                context.note(saved_vs_converted_max_abs_diff=float((expected.float() - got.float()).abs().max()))
+            if val_batches is not None:
+                context.report_metric("val_accuracy", round(accuracy(saved, val_batches), 6))
+    except NotImplementedError as exc:  # an op with no quantized kernel met a quantized tensor
+        if "Quantized" not in str(exc):
+            raise
+        hint = (" (quant_stubs = \"modules\" keeps every op but conv/linear in float)"
+                if backend.notes.get("quant_stubs") in ("model", "none") else "")
+        raise PassError(f"quant_stubs: the converted model runs an operation that has no quantized kernel: "
+                        f"{str(exc).splitlines()[0]}{hint}") from exc
 
     quantized_bytes = path.stat().st_size
     for name in ("final_train_loss",):

@@ -276,3 +276,15 @@ def test_data_with_no_batches(run_toml, qat):
 def test_unknown_fusion_group(run_toml, qat):
     _fails(run_toml(qat.cnn_run('train_data_config = "train"\nnum_steps = 1\nmodules_to_fuse = [["conv9", "bn9"]]')),
            "modules_to_fuse[0]: no module has all of conv9, bn9")
+
+
+@pytest.mark.parametrize("stubs", ["model", "modules"])
+def test_ops_without_quantized_kernels(run_toml, qat, stubs):
+    """A skip connection's add: quant_stubs = "model" fails with a hint, "modules" (the default) works."""
+    header = qat.header.replace('model_loader = "model_loader"', 'model_loader = "residual_loader"')
+    result = run_toml(qat.cnn_run(f'train_data_config = "train"\nnum_steps = 2\nquant_stubs = "{stubs}"', header=header))
+    if stubs == "modules":
+        _ok(result)
+    else:
+        _fails(result, "quant_stubs: the converted model runs an operation that has no quantized kernel",
+               'quant_stubs = \"modules\" keeps every op but conv/linear in float')
