@@ -79,8 +79,14 @@ class LoftQTraining(QLoraTraining):
     def load_base(self) -> Any:
         out = self.context.output_dir
         model_dir, init_dir = out / MODEL_DIR, out / INIT_ADAPTER_DIR
+        if self.context.run.world_size > 1:
+            # The Trainer sets up torch.distributed only later; the other ranks must wait for model/ now.
+            from accelerate import PartialState
+
+            PartialState()
         if self.context.is_main_process:
             if self.context.resuming and (out / DONE_FILE).exists():
+                self._report(json.loads((out / DONE_FILE).read_text()))
                 self.context.note(loftq_init="reused from the interrupted run")
             else:
                 self._initialise(model_dir, init_dir)
@@ -136,15 +142,18 @@ class LoftQTraining(QLoraTraining):
             "nf4_relative_error": report.nf4_relative_error,
             "loftq_relative_error": report.loftq_relative_error,
         }
-        context.report_metric("loftq_nf4_relative_error", round(report.nf4_relative_error, 6))
-        context.report_metric("loftq_relative_error", round(report.loftq_relative_error, 6))
-        context.note(loftq_layers=len(report.layers),
-                     **({"loftq_skipped_layers": facts["skipped_layers"]} if report.skipped else {}))
+        self._report(facts)
         (context.output_dir / DONE_FILE).write_text(json.dumps(facts, indent=2) + "\n")
         del peft_model, base, full
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def _report(self, facts: dict[str, Any]) -> None:
+        self.context.report_metric("loftq_nf4_relative_error", round(facts["nf4_relative_error"], 6))
+        self.context.report_metric("loftq_relative_error", round(facts["loftq_relative_error"], 6))
+        self.context.note(loftq_layers=facts["layers"],
+                          **({"loftq_skipped_layers": facts["skipped_layers"]} if facts["skipped_layers"] else {}))
 
 
 def run_loftq(config: LoftQConfig, model: HfModel, context: Any) -> HfModel:

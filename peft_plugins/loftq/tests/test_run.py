@@ -116,6 +116,15 @@ def test_loftq_init_starts_closer_to_the_original_model_than_nf4(tiny_llama, run
         nf4 = load(tiny_llama, quantization_config=quant, dtype=torch.float32)(**batch).logits
         loftq = PeftModel.from_pretrained(load(folder / "model", quantization_config=quant, dtype=torch.float32),
                                           folder / "loftq_init_adapter")(**batch).logits
+    # nf4 of the saved master weights is exactly the Q LoftQ chose (no second rounding)
+    from bitsandbytes.functional import dequantize_4bit
+    from safetensors.torch import load_file
+
+    master = load_file(folder / "model" / "model.safetensors")
+    quantized = load(folder / "model", quantization_config=quant, dtype=torch.float32)
+    for name in ("model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"):
+        weight = quantized.get_submodule(name).weight
+        assert torch.equal(dequantize_4bit(weight.data, weight.quant_state), master[name + ".weight"]), name
     mask = batch["attention_mask"].bool()
     nf4_error = (nf4 - reference)[mask].norm()
     loftq_error = (loftq - reference)[mask].norm()
