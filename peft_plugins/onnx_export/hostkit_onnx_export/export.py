@@ -228,7 +228,7 @@ def _export_dynamo(model: Any, sample: tuple, io: dict[str, Any], config: Any, p
     if io["with_past"]:
         dynamic_shapes["past"] = tuple(axes[name] for name in io["inputs"] if name.startswith("past_"))
     try:
-        program = torch.onnx.export(model, sample, dynamo=True, optimize=config.optimize,
+        program = torch.onnx.export(model, sample, dynamo=True, optimize=config.optimize, verbose=False,
                                     opset_version=config.target_opset, input_names=io["inputs"],
                                     output_names=io["outputs"], dynamic_shapes=dynamic_shapes)
     except Exception as exc:  # noqa: BLE001 - the exporter's own errors are long; keep the gist
