@@ -99,7 +99,7 @@ def plan_run(run_file: Path, host: PluginHost, *, output_dir: str | None = None)
     if output_dir is not None:
         output = attrs.evolve(output, dir=str(Path(output_dir).resolve()))
     else:
-        output = attrs.evolve(output, dir=resolve_path(output.dir, base) or output.dir)
+        output = attrs.evolve(output, dir=str((base / Path(output.dir).expanduser()).resolve()))  # always local
 
     # [[passes]]
     steps: list[StepConfig] = []

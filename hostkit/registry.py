@@ -55,7 +55,7 @@ class PluginInfo:
     def describe(self) -> str:
         if self.distribution:
             return f"{self.distribution} {self.version or '?'}"
-        return f"plugin {self.name}"
+        return self.name
 
 
 @attrs.frozen
@@ -119,6 +119,9 @@ class Registrar:
         self._registry.add_pass(attrs.evolve(spec, kind="exporter", plugin=self._plugin))
 
     def model_type(self, spec: ModelTypeSpec) -> None:
+        # handles are tagged with their class name in JSON (manifest, step cache)
+        if spec.name != spec.cls.__name__:
+            raise ValueError(f"model type {spec.name!r} must be registered under its class name {spec.cls.__name__!r}")
         self._registry.add_model_type(attrs.evolve(spec, plugin=self._plugin))
 
     def command(self, spec: CommandSpec) -> None:

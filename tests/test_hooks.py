@@ -1,0 +1,106 @@
+"""Every hook of a run is called, with the documented arguments (a recording plugin)."""
+
+import attrs
+
+from hostkit import HfModel, ModelTypeSpec, PassError, PassSpec, hookimpl, option
+from hostkit.testing import register_plugin
+
+
+@attrs.frozen
+class RecTar:
+    path: str = option(help="archive", path=True)
+
+
+@attrs.frozen
+class _Opts:
+    fail: bool = option(False, help="raise PassError")
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+
+    @hookimpl
+    def hostkit_register(self, register):
+        register.model_type(ModelTypeSpec("RecTar", RecTar, "test handle"))
+        register.pass_type(PassSpec(name="Rec", config_cls=_Opts, summary="records"))
+        register.exporter(PassSpec(name="RecExport", config_cls=_Opts, summary="exports", output_type="RecTar"))
+
+    @hookimpl
+    def hostkit_load_model(self, model, context):
+        self.events.append(("load_model", type(model).__name__))
+        return None  # the built-in loader answers
+
+    @hookimpl
+    def hostkit_run_pass(self, pass_type, config, model, context):
+        if pass_type != "Rec":
+            return None
+        context.progress("working", 1, 1)
+        context.report_metric("loss", 0.5, step=1)
+        if config.fail:
+            raise PassError("asked to fail")
+        return model
+
+    @hookimpl
+    def hostkit_export_model(self, exporter, config, model, context):
+        if exporter != "RecExport":
+            return None
+        (context.output_dir / "m.tar").write_text("x")
+        return RecTar(path=str(context.output_dir / "m.tar"))
+
+    @hookimpl
+    def hostkit_run_started(self, context, steps):
+        self.events.append(("run_started", [s.type for s in steps]))
+
+    @hookimpl
+    def hostkit_step_started(self, context):
+        self.events.append(("step_started", context.pass_type))
+
+    @hookimpl
+    def hostkit_progress(self, context, message, current, total):
+        self.events.append(("progress", message, current, total))
+
+    @hookimpl
+    def hostkit_metric(self, context, name, value, step):
+        self.events.append(("metric", name, value, step))
+
+    @hookimpl
+    def hostkit_step_finished(self, context, record):
+        self.events.append(("step_finished", record.type, record.status))
+
+    @hookimpl
+    def hostkit_step_failed(self, context, error):
+        self.events.append(("step_failed", str(error)))
+
+    @hookimpl
+    def hostkit_run_finished(self, context, records, error):
+        self.events.append(("run_finished", len(records), error is None))
+
+
+RUN = '[model]\ntype = "HfModel"\npath = "m"\n[[passes]]\ntype = "Rec"\nfail = {fail}\n[[passes]]\ntype = "RecExport"\n[output]\ndir = "out"\n'
+
+
+def test_every_hook_is_called_in_order(plugin_host, run_toml, tmp_path):
+    (tmp_path / "m").mkdir()
+    recorder = Recorder()
+    register_plugin(plugin_host, recorder, "recorder")
+    result = run_toml(RUN.format(fail="false"), host=plugin_host)
+    assert result.exit_code == 0, result.output
+    assert recorder.events == [
+        ("run_started", ["Rec", "RecExport"]),
+        ("load_model", "HfModel"),
+        ("step_started", "Rec"), ("progress", "working", 1, 1), ("metric", "loss", 0.5, 1),
+        ("step_finished", "Rec", "ok"),
+        ("step_started", "RecExport"), ("step_finished", "RecExport", "ok"),
+        ("run_finished", 2, True),
+    ]
+    assert result.step(1)["output"]["type"] == "RecTar"
+
+
+def test_a_failing_step_is_reported_to_observers(plugin_host, run_toml, tmp_path):
+    (tmp_path / "m").mkdir()
+    recorder = Recorder()
+    register_plugin(plugin_host, recorder, "recorder")
+    result = run_toml(RUN.format(fail="true"), host=plugin_host)
+    assert result.exit_code == 1
+    assert recorder.events[-2:] == [("step_failed", "asked to fail"), ("run_finished", 1, False)]
