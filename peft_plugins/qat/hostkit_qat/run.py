@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 
 from hostkit import PassError, PyTorchModel
-from hostkit.scripts import load_function, load_object
+from hostkit.scripts import load_object
 from hostkit_qat.capture import Captured
 from hostkit_qat.config import QuantizationAwareTrainingConfig
 from hostkit_qat.models import build_float_model, call_loader
@@ -76,14 +76,19 @@ def _seed(seed: int | None) -> None:
     torch.manual_seed(seed)
 
 
-def _user_functions(config: QuantizationAwareTrainingConfig, model: PyTorchModel) -> Callable[[str, str], Any]:
+def _user_objects(config: QuantizationAwareTrainingConfig, model: PyTorchModel,
+                  callable_only: bool = True) -> Callable[[str, str], Any]:
+    """``load(name, option)``: an object of the pass's user_script (default: the [model]'s), errors naming ``option``."""
     script = config.user_script or model.user_script
 
     def load(name: str, option: str) -> Any:
         if not script:
             raise PassError(f"user_script: {option} needs a user_script (set it in the pass or in [model])")
         script_option = "user_script" if config.user_script else "model.user_script"
-        return load_function(script, name, option, script_option)
+        obj = load_object(script, name, option, script_option)
+        if callable_only and not callable(obj):
+            raise PassError(f"{option}: {name!r} in {Path(script).name} is not a class or function")
+        return obj
 
     return load
 
@@ -96,11 +101,10 @@ def _run_example(module: Any, example: tuple) -> Any:
 
 def run_qat(config: QuantizationAwareTrainingConfig, model: PyTorchModel, context: Any) -> PyTorchModel:
     if getattr(context.run, "world_size", 1) > 1:
-        raise PassError("QuantizationAwareTraining trains in one process; run it without torchrun "
-                        "(mode b: Lightning's own strategies are not used either)")
+        raise PassError("QuantizationAwareTraining trains in a single process: run it without torchrun")
     out_dir = Path(context.output_dir)
     captured = Captured()
-    user_function = _user_functions(config, model)
+    user_function = _user_objects(config, model)
     mode = config.mode
     if mode is None:  # validation catches this; keep the pass safe when called directly
         raise PassError("choose a training mode: training_loop_func, ptl_module or train_data_config")
@@ -138,12 +142,9 @@ def run_qat(config: QuantizationAwareTrainingConfig, model: PyTorchModel, contex
                 func = user_function(config.training_loop_func, "training_loop_func")
                 trained, results = user_loop(prepared, func, config.training_loop_func)
             elif mode == "ptl_module":
-                script = config.user_script or model.user_script
-                module_factory = load_object(script, config.ptl_module, "ptl_module")
-                data_factory = load_object(script, config.ptl_data_module, "ptl_data_module") if config.ptl_data_module else None
-                for option, obj in (("ptl_module", module_factory), ("ptl_data_module", data_factory)):
-                    if obj is not None and not callable(obj):
-                        raise PassError(f"{option}: {getattr(config, option)!r} is not a class or function")
+                module_factory = user_function(config.ptl_module, "ptl_module")
+                data_factory = (user_function(config.ptl_data_module, "ptl_data_module")
+                                if config.ptl_data_module else None)
                 root = checkpoint_dir if config.checkpoint_path else out_dir / "lightning"
                 trained, results = lightning_fit(
                     prepared, module_factory, config.ptl_module, data_factory, config.ptl_data_module,
