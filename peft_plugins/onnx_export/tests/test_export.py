@@ -188,3 +188,40 @@ def test_validation_problems(tiny_llama, run_toml):
     assert result.exit_code == 2, result.output
     assert "passes[0] (OnnxConversion).target_opset: the dynamo exporter needs opset >= 18" in result.output
     assert "with_past: a KV-cache model needs use_position_ids = true" in result.output
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", pytest.param("dynamo", marks=pytest.mark.slow)])
+def test_with_past_greedy_matches_torch(tiny_llama, tiny_adapter, tmp_path, exporter):
+    """KV-cache graph: greedy decoding from an empty cache, step by step, equals torch's full recompute."""
+    import numpy as np
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = export_onnx(HfModel(path=str(tiny_llama), adapter_path=str(tiny_adapter)),
+                      OnnxConversionConfig(exporter=exporter, with_past=True), tmp_path / exporter)
+    assert len(out.adapter_names) == 12
+    session = ort.InferenceSession(out.path, providers=["CPUExecutionProvider"])
+    inputs = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    assert inputs[:3] == ["input_ids", "attention_mask", "position_ids"]
+    assert inputs[3:] == [f"past_key_values.{i}.{kv}" for i in range(2) for kv in ("key", "value")]
+    assert outputs == ["logits"] + [f"present.{i}.{kv}" for i in range(2) for kv in ("key", "value")]
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32),
+                                      str(tiny_adapter)).eval()
+    sequence = np.array([[1, 40, 50, 60, 70]], dtype=np.int64)
+    new = sequence
+    past = {name: np.zeros((1, 2, 0, 16), np.float32) for name in inputs[3:]}  # kv heads 2, head dim 16
+    worst = 0.0
+    for _ in range(4):
+        total = sequence.shape[1]
+        results = session.run(None, {"input_ids": new, "attention_mask": np.ones((1, total), np.int64),
+                                     "position_ids": np.arange(total - new.shape[1], total)[None], **past})
+        with torch.no_grad():
+            expected = model(input_ids=torch.from_numpy(sequence)).logits[:, -new.shape[1]:].numpy()
+        worst = max(worst, float(abs(results[0] - expected).max()))
+        assert results[1].shape[2] == total  # present holds the whole sequence
+        past = dict(zip(inputs[3:], results[1:]))
+        new = results[0][:, -1].argmax(-1)[:, None]
+        sequence = np.concatenate([sequence, new], axis=1)
+    assert worst <= 1e-4, worst
