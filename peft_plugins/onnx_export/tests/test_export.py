@@ -225,3 +225,18 @@ def test_with_past_greedy_matches_torch(tiny_llama, tiny_adapter, tmp_path, expo
         new = results[0][:, -1].argmax(-1)[:, None]
         sequence = np.concatenate([sequence, new], axis=1)
     assert worst <= 1e-4, worst
+
+
+def test_float16_export(tiny_llama, tiny_adapter, tmp_path, run_toml):
+    """float16 weights (adapter included) and logits; onnxruntime CPU runs it close to torch's float16 model."""
+    result = run_toml(RUN.format(base=tiny_llama, adapter=f'adapter_path = "{tiny_adapter}"',
+                                 options='exporter = "torchscript"\ntorch_dtype = "float16"\ncheck_outputs = true'))
+    assert result.exit_code == 0, result.output
+    step = result.step(0)
+    assert step["metrics"]["max_abs_logit_delta"] <= 1e-2
+    graph = onnx.load(step["output"]["path"])
+    lora = [i for i in graph.graph.initializer if i.name in step["output"]["adapter_names"]]
+    assert len(lora) == 12 and {i.data_type for i in lora} == {onnx.TensorProto.FLOAT16}
+    assert graph.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    meta = adapter_contract.read_metadata({p.key: p.value for p in graph.metadata_props})
+    assert meta["dtype"] == "float16"
