@@ -120,7 +120,7 @@ def hostkit_register(register: Any) -> None:
     register.pass_type(PassSpec(
         name=PASS_TYPE,
         config_cls=QuantizationAwareTrainingConfig,
-        summary="train with fake-quantized weights and activations, then convert to a real int8/int4 model",
+        summary="train with fake-quantized weights and activations, then convert to int8/int4 (arXiv:1712.05877)",
         requires=Requirements(modules={"torch": "torch>=2.2"}, gpu="no",
                               notes="eager back-end output runs on CPU (x86/fbgemm); Lightning and torchao are extras"),
         input_types=("PyTorchModel",),
