@@ -80,22 +80,27 @@ def low_rank(matrix: "torch.Tensor", rank: int, *, oversample: int = 8, power_it
 
     ``L = U_r sqrt(S_r)`` ``[m, r]`` and ``R = sqrt(S_r) V_r^T`` ``[r, n]``.
     Randomized (``torch.svd_lowrank``, seeded so runs repeat) unless the matrix
-    is small enough that a full SVD is as cheap.
+    is small enough that a full SVD is as cheap. A ``rank`` above ``min(m, n)``
+    (a small layer with a large LoRA rank) is padded with zeros.
     """
     import torch
 
     m, n = matrix.shape
-    rank = min(rank, m, n)
-    q = rank + oversample
+    kept = min(rank, m, n)
+    q = kept + oversample
     if 2 * q >= min(m, n):
         u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
         v = vh.mT
     else:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[matrix.device] if matrix.device.type == "cuda" else []):
             torch.manual_seed(seed)
             u, s, v = torch.svd_lowrank(matrix, q=q, niter=power_iters)
-    root = s[:rank].sqrt()
-    return u[:, :rank] * root, root[:, None] * v[:, :rank].mT
+    root = s[:kept].sqrt()
+    left, right = u[:, :kept] * root, root[:, None] * v[:, :kept].mT
+    if kept < rank:
+        left = torch.cat([left, left.new_zeros(m, rank - kept)], dim=1)
+        right = torch.cat([right, right.new_zeros(rank - kept, n)], dim=0)
+    return left, right
 
 
 def loftq_decompose(weight: "torch.Tensor", rank: int, *, num_iter: int = 1, scaling: float = 1.0,

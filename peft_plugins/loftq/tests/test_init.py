@@ -61,6 +61,13 @@ def test_factors_have_peft_shapes_and_are_deterministic():
     assert torch.equal(a.lora_A, b.lora_A) and torch.equal(a.lora_B, b.lora_B)
 
 
+def test_rank_above_the_layer_size_is_padded():
+    weight = _random_weight(32, 64, seed=4)  # like a k_proj of the tiny model, with Olive's r = 64
+    factors = loftq_decompose(weight, 64, num_iter=1)
+    assert factors.lora_A.shape == (64, 64) and factors.lora_B.shape == (32, 64)
+    assert factors.errors[-1] < 1e-4 * factors.nf4_error  # full rank: exact
+
+
 def test_low_rank_randomized_close_to_full_svd():
     matrix = _random_weight(300, 700, seed=3)
     left, right = low_rank(matrix, 8)
