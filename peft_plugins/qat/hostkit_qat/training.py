@@ -106,6 +106,31 @@ def forward(model: Any, inputs: Any) -> Any:
     return logits_of(model(inputs))
 
 
+def _shapes(value: Any) -> str:
+    if hasattr(value, "shape"):
+        return f"{tuple(value.shape)} {str(getattr(value, 'dtype', '')).replace('torch.', '')}".strip()
+    if isinstance(value, (list, tuple)):
+        return "(" + ", ".join(_shapes(v) for v in value) + ")"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_shapes(v)}" for k, v in value.items()) + "}"
+    return type(value).__name__
+
+
+def checked_forward(model: Any, inputs: Any, labels: Any, batches: Batches, first: bool) -> Any:
+    """:func:`forward`; on the first batch, a model that cannot take the data is an error naming the data option."""
+    if not first:
+        return forward(model, inputs)
+    try:
+        logits = forward(model, inputs)
+    except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+        raise PassError(f"{batches.option}: the model cannot take the batches of data.{batches.name} "
+                        f"(inputs {_shapes(inputs)}): {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    if not hasattr(logits, "dim") or logits.dim() < 1 or logits.shape[0] != labels.view(-1).shape[0]:
+        raise PassError(f"{batches.option}: expected class scores of shape (batch, classes) for data.{batches.name}, "
+                        f"got {_shapes(logits)} for labels {_shapes(labels)}")
+    return logits
+
+
 def accuracy(model: Any, batches: Batches) -> float:
     """Top-1 accuracy of ``model`` (in eval mode, no gradients) over one pass of ``batches``."""
     import torch
@@ -115,8 +140,8 @@ def accuracy(model: Any, batches: Batches) -> float:
     correct = total = 0
     with torch.no_grad():
         for inputs, labels in batches.epoch(0):
-            logits = forward(model, inputs)
-            correct += int((logits.argmax(-1) == labels.view(-1).to(logits.device)).sum())
+            logits = checked_forward(model, inputs, labels, batches, first=total == 0)
+            correct += int((logits.argmax(-1) == labels.view(-1).long().to(logits.device)).sum())
             total += labels.numel()
     if was_training:
         model.train()
@@ -180,6 +205,7 @@ def default_loop(model: Any, batches: Batches, *, num_epochs: int | None, num_st
             start_epoch, step, last_losses = state["epoch"] + 1, state["step"], list(state["losses"])
             resumed = state["epoch"]
     epochs = num_epochs if num_epochs is not None else math.inf
+    start_step = step
     try:
         total = num_steps or (len(batches) * num_epochs if num_epochs else None)
     except TypeError:
@@ -189,8 +215,8 @@ def default_loop(model: Any, batches: Batches, *, num_epochs: int | None, num_st
     while epoch < epochs and (num_steps is None or step < num_steps):
         losses = []
         for inputs, labels in batches.epoch(epoch):
-            logits = forward(model, inputs)
-            loss = torch.nn.functional.cross_entropy(logits, labels.view(-1).to(logits.device))
+            logits = checked_forward(model, inputs, labels, batches, first=step == start_step)
+            loss = torch.nn.functional.cross_entropy(logits, labels.view(-1).long().to(logits.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -273,6 +273,12 @@ def test_data_with_no_batches(run_toml, qat):
            "train_data_config: data.empty yielded no batches (dataloader_func 'empty_loader')")
 
 
+def test_data_the_model_cannot_take(run_toml, qat):
+    header = qat.header + f'\n[data.flat]\ntype = "user_script"\nuser_script = "{qat.digits}"\ndataloader_func = "flat_loader"\n'
+    _fails(run_toml(qat.cnn_run('train_data_config = "flat"\nnum_epochs = 1', header=header)),
+           "train_data_config: the model cannot take the batches of data.flat (inputs (32, 64) float32): RuntimeError")
+
+
 def test_unknown_fusion_group(run_toml, qat):
     _fails(run_toml(qat.cnn_run('train_data_config = "train"\nnum_steps = 1\nmodules_to_fuse = [["conv9", "bn9"]]')),
            "modules_to_fuse[0]: no module has all of conv9, bn9")

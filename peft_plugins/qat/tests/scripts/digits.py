@@ -115,6 +115,12 @@ def empty_loader(data_config):
     return []
 
 
+def flat_loader(data_config):
+    """Batches the CNN cannot take: flat (batch, 64) images."""
+    images, labels = _arrays("val")
+    return [(images[:32].reshape(32, 64), labels[:32])]
+
+
 def qconfig_func():
     """Olive's QConfig: full 0..255 activation range, default weight fake-quant."""
     from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver, QConfig, default_weight_fake_quant
