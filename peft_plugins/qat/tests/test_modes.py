@@ -186,7 +186,7 @@ def test_mode_b_lightning(run_toml, qat):
     assert Path(step["output"]["model_path"]).is_file()
 
 
-def test_safetensors_weights_in(run_toml, qat, tmp_path):
+def test_safetensors_weights_in_and_checkpoint_path(run_toml, qat, tmp_path):
     import torch
     from safetensors.torch import save_file
 
@@ -198,8 +198,11 @@ def test_safetensors_weights_in(run_toml, qat, tmp_path):
     header = qat.header.replace('model_loader = "model_loader"',
                                 'model_loader = "model_loader"\nmodel_path = "weights.safetensors"\n'
                                 'model_format = "safetensors"')
-    step = _ok(run_toml(qat.cnn_run('train_data_config = "train"\nnum_steps = 3', header=header)))
+    step = _ok(run_toml(qat.cnn_run('train_data_config = "train"\nnum_steps = 3\ncheckpoint_path = "ckpt"',
+                                    header=header)))
     assert step["metrics"]["train_steps"] == 3
+    assert (tmp_path / "ckpt" / "last.pt").is_file()  # an explicit checkpoint_path is kept
+    assert sorted(p.name for p in Path(step["output"]["model_path"]).parent.iterdir()) == ["model.pt", "quantization.json"]
 
 
 def test_default_loop_resumes_from_its_checkpoint(tmp_path):
