@@ -21,7 +21,7 @@ import torch
 
 from hostkit import PassError, adapter_contract
 from hostkit_merge_adapters.loading import (copy_processor_files, load_with_adapter, save_tokenizer,
-                                            torch_dtype)
+                                            tokenizer_source, torch_dtype)
 
 
 @torch.no_grad()
@@ -34,6 +34,9 @@ def merge_adapter(model: Any, config: Any, output_dir: Path, context: Any = None
     if str(adapter_config.get("peft_type", "LORA")).upper() != "LORA":
         raise PassError(f"{model.adapter_path} holds a {adapter_config.get('peft_type')} adapter; "
                         "MergeAdapterWeights merges LoRA adapters (including DoRA and rsLoRA)")
+    if context is not None and not context.is_main_process:
+        # under torchrun only rank 0 writes; the others return the same handle without the work
+        return _output_handle(model, config, Path(output_dir), tokenizer_source(model) is not None)
     if context is not None:
         context.progress("loading base and adapter")
     peft_model, facts = load_with_adapter(model, dtype="float32")
@@ -52,6 +55,10 @@ def merge_adapter(model: Any, config: Any, output_dir: Path, context: Any = None
         context.note(**facts, merged_from=adapter_contract.base_model_identity(model.path),
                      adapter_path=model.adapter_path, torch_dtype=config.torch_dtype,
                      tokenizer=has_tokenizer, processor_files=processor_files)
+    return _output_handle(model, config, output_dir, has_tokenizer)
+
+
+def _output_handle(model: Any, config: Any, output_dir: Path, has_tokenizer: bool) -> Any:
     return attrs.evolve(model, path=str(output_dir), adapter_path=None, quantization=None,
                         torch_dtype=config.torch_dtype, gguf_file=None,
                         tokenizer_path=None if has_tokenizer else model.tokenizer_path)

@@ -135,3 +135,39 @@ def test_non_lora_adapter_is_refused(tiny_llama, tmp_path):
     with pytest.raises(PassError, match="IA3 adapter"):
         merge_adapter(HfModel(path=str(tiny_llama), adapter_path=str(adapter)), MergeAdapterWeightsConfig(),
                       tmp_path / "out")
+
+
+def test_text_classification_adapter_with_trained_head(tiny_llama, tmp_path):
+    """A SEQ_CLS adapter (LoRA + a trained copy of the score head): the merged classifier equals the PEFT one."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(3)
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_llama, num_labels=3, dtype=torch.float32)
+    base.save_pretrained(tmp_path / "cls-base")  # with its (random) head, so both sides below share it
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                 task_type="SEQ_CLS"))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name or "modules_to_save" in name:  # "train" the LoRA B and the head copy
+                param.add_(torch.randn_like(param) * 0.05)
+    adapter = tmp_path / "cls-lora"
+    peft_model.save_pretrained(adapter)
+
+    handle = HfModel(path=str(tmp_path / "cls-base"), task="text-classification", num_labels=3,
+                     adapter_path=str(adapter), tokenizer_path=str(tiny_llama))
+    out = merge_adapter(handle, MergeAdapterWeightsConfig(), tmp_path / "merged")
+    assert out.task == "text-classification" and out.num_labels == 3
+    ids = torch.randint(3, 500, (1, 7))
+    reference_model = PeftModel.from_pretrained(
+        AutoModelForSequenceClassification.from_pretrained(tmp_path / "cls-base", num_labels=3), str(adapter)).eval()
+    merged_model = AutoModelForSequenceClassification.from_pretrained(out.path).eval()
+    with torch.no_grad():
+        reference = reference_model(input_ids=ids).logits
+        merged = merged_model(input_ids=ids).logits
+    assert merged.shape == (1, 3)
+    with torch.no_grad():  # the trained head matters: the base's own head gives other logits
+        untouched = AutoModelForSequenceClassification.from_pretrained(tmp_path / "cls-base").eval()(input_ids=ids).logits
+    assert (untouched - reference).abs().max().item() > 1e-3
+    assert (merged - reference).abs().max().item() <= 1e-4
+    assert (Path(out.path) / "tokenizer.json").is_file()

@@ -41,6 +41,8 @@ def export_onnx(handle: Any, config: Any, output_dir: Path, context: Any = None)
     output_dir.mkdir(parents=True, exist_ok=True)
     if config.with_past and handle.task != "text-generation":
         raise PassError(f"with_past = true needs a text-generation model, not {handle.task}")
+    if context is not None and not context.is_main_process:
+        return _handle_without_export(handle, config, output_dir)
     _progress(context, "loading model")
     adapter_config = None
     adapter_names: list[str] = []
@@ -115,6 +117,22 @@ def export_onnx(handle: Any, config: Any, output_dir: Path, context: Any = None)
         task=handle.task,
         tokenizer_path=str(output_dir) if tokenizer_saved else handle.tokenizer_path,
     )
+
+
+def _handle_without_export(handle: Any, config: Any, output_dir: Path) -> OnnxModel:
+    """The handle rank 0 returns, computed without the export (under torchrun only rank 0 writes)."""
+    from hostkit_merge_adapters.loading import tokenizer_source
+
+    names: list[str] = []
+    if handle.adapter_path and not config.merge_adapter_weights:
+        from safetensors import safe_open
+
+        with safe_open(str(Path(handle.adapter_path) / "adapter_model.safetensors"), "np") as weights:
+            names = [adapter_contract.contract_name(key) for key in weights.keys()]
+    return OnnxModel(path=str(output_dir / MODEL_FILE), adapter_mode="embedded" if names else None,
+                     adapter_names=names, base_model=adapter_contract.base_model_identity(handle.path),
+                     task=handle.task,
+                     tokenizer_path=str(output_dir) if tokenizer_source(handle) else handle.tokenizer_path)
 
 
 # -- inputs, outputs, forward ------------------------------------------------------
