@@ -20,7 +20,7 @@ from typing import ClassVar
 import attrs
 
 from hostkit import one_of, option, positive
-from hostkit_lora.config import DTYPES, LoRAConfig, _target_modules
+from hostkit_lora.config import DTYPES, LoRAConfig
 
 
 @attrs.frozen(kw_only=True)
@@ -33,7 +33,7 @@ class LoftQConfig(LoRAConfig):
     target_modules: list[str] | str | None = option(
         None, help="module names to adapt (and LoftQ-initialise), or \"all-linear\"; omitted: all-linear "
                    "(every linear layer but the output layer, as Olive's LoftQ)",
-        validator=_target_modules)
+        validator=attrs.fields(LoRAConfig).target_modules.validator)  # LoRA's check, only the help differs
     loftq_iter: int = option(1, help="alternations of nf4 quantization and rank-r SVD per layer (the paper's T)",
                              validator=positive)
     compute_dtype: str | None = option(

@@ -143,6 +143,7 @@ class TestLoftQConformance(PassConformance):
         ({"compute_dtype": "int8"}, "compute_dtype"),
         ({"save_quant_config": "yes"}, "save_quant_config"),
         ({"quant_type": "fp4"}, "quant_type"),
+        ({"target_modules": []}, "target_modules"),
     ]
     run_file = RUN.format(model="{tiny_llama}", data=DATA, loftq_iter=1, max_steps=1)
 
