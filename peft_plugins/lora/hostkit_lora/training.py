@@ -242,15 +242,13 @@ class LoraTraining:
         return args
 
     def _checkpoint_to_resume(self, output_dir: str) -> str | None:
-        from transformers.trainer_utils import get_last_checkpoint
-
         user = self.config.training_args
         if user.get("resume_from_checkpoint"):
             path = Path(output_dir) / str(user["resume_from_checkpoint"])
             return str(path) if path.exists() else str(user["resume_from_checkpoint"])
         if not self.context.resuming or user.get("overwrite_output_dir") or not Path(output_dir).is_dir():
             return None
-        return get_last_checkpoint(output_dir)
+        return last_complete_checkpoint(Path(output_dir))
 
     def run(self) -> HfModel:
         context = self.context
@@ -278,6 +276,7 @@ class LoraTraining:
             context.note(labels=self.labels)
 
         training_args = transformers.TrainingArguments(**args)
+        context.note(world_size=training_args.world_size)  # > 1: the Trainer runs DDP
         curve = LossCurve(context)
         trainer = transformers.Trainer(
             model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
@@ -315,6 +314,16 @@ class LoraTraining:
         del trainer, model
         gc.collect()
         return handle
+
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest ``checkpoint-N`` the Trainer finished writing (a kill can leave the newest one half written)."""
+    found = []
+    for path in folder.glob("checkpoint-*"):
+        suffix = path.name.rsplit("-", 1)[-1]
+        if suffix.isdigit() and (path / "trainer_state.json").exists():
+            found.append((int(suffix), path))
+    return str(max(found)[1]) if found else None
 
 
 def release_checkpoint_file(model: Any) -> None:

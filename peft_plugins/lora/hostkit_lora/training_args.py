@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import functools
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
@@ -187,4 +188,10 @@ def resolve_training_args(user: dict[str, Any], *, checkpoint_dir: Path, has_eva
         if str(args.get("optim", "")).startswith("paged_"):
             args["optim"] = "adamw_torch"
         args.setdefault("dataloader_pin_memory", False)
+        # Without use_cpu, accelerate sets up no DDP on CPU under torchrun (each rank would train alone).
+        args.setdefault("use_cpu", True)
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            args.setdefault("ddp_backend", "gloo")
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        args.setdefault("ddp_find_unused_parameters", False)  # every LoRA weight takes part in each step
     return {k: v for k, v in args.items() if v is not None}

@@ -1,0 +1,89 @@
+"""Data configs to tokenized examples: templates, chat messages, join packing, labels, collation."""
+
+from __future__ import annotations
+
+import pytest
+
+from hostkit import PassError
+from hostkit.config import DataConfig
+from hostkit.data import load_rows
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_llama):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    tok.pad_token = tok.eos_token
+    return tok
+
+
+def test_template_fills_columns(data_dir, tokenizer):
+    from hostkit_lora.tokenization import causal_lm_dataset, texts_of
+
+    config = DataConfig(type="jsonl", path=str(data_dir / "qa.jsonl"), text_template="Q: {question} A: {answer}",
+                        max_seq_len=8)
+    rows = load_rows(config, "train")
+    assert texts_of(rows, config, "train", tokenizer)[0] == "Q: what is one plus one A: two"
+    dataset = causal_lm_dataset(rows, config, "train", tokenizer)
+    assert len(dataset) == 32 and all(len(ex["input_ids"]) <= 8 for ex in dataset.examples)
+    assert dataset[0]["input_ids"][0] == tokenizer.bos_token_id and dataset[0]["labels"] == dataset[0]["input_ids"]
+
+
+def test_join_packing_cuts_full_blocks(data_dir, tokenizer):
+    from hostkit_lora.tokenization import causal_lm_dataset
+
+    config = DataConfig(type="jsonl", path=str(data_dir / "count.jsonl"), max_seq_len=16, packing="join")
+    rows = load_rows(config, "train")
+    plain = causal_lm_dataset(rows, DataConfig(type="jsonl", path="x", max_seq_len=512), "train", tokenizer)
+    packed = causal_lm_dataset(rows, config, "train", tokenizer)
+    total = sum(len(ex["input_ids"]) + 1 for ex in plain.examples)  # + EOS between examples
+    assert all(len(ex["input_ids"]) == 16 for ex in packed.examples)
+    assert len(packed) == total // 16
+    assert tokenizer.eos_token_id in packed[0]["input_ids"]
+
+
+def test_messages_use_the_chat_template_without_a_second_bos(data_dir, tokenizer):
+    from hostkit_lora.tokenization import causal_lm_dataset, texts_of
+
+    config = DataConfig(type="jsonl", path=str(data_dir / "chat.jsonl"), messages_field="messages", max_seq_len=64)
+    rows = load_rows(config, "train")
+    assert texts_of(rows, config, "train", tokenizer)[0] == "<|user|>count one</s><|assistant|>one</s>"
+    first = causal_lm_dataset(rows, config, "train", tokenizer)[0]["input_ids"]
+    assert first.count(tokenizer.bos_token_id) == 1
+
+
+def test_labels_default_to_sorted_values_and_unknown_labels_are_named(data_dir, tokenizer):
+    from hostkit_lora.tokenization import Collator, classification_dataset, label_set
+
+    config = DataConfig(type="jsonl", path=str(data_dir / "sentiment.jsonl"), text_field="review", label_field="label")
+    rows = load_rows(config, "train")
+    assert label_set(rows, config, "train") == ["negative", "positive"]
+    dataset = classification_dataset(rows, config, "train", tokenizer, ["negative", "positive"])
+    assert [ex["labels"] for ex in dataset.examples[:2]] == [0, 1]
+    batch = Collator(tokenizer.pad_token_id)(dataset.examples[:4])
+    assert batch["labels"].tolist() == [0, 1, 0, 1] and batch["input_ids"].shape == batch["attention_mask"].shape
+    with pytest.raises(PassError, match=r"data.train.label_field: row 0 has label 'negative', not in the label set"):
+        classification_dataset(rows, config, "train", tokenizer, ["bad", "good"])
+
+
+def test_causal_collator_masks_padding_in_labels(tokenizer):
+    from hostkit_lora.tokenization import IGNORE_INDEX, Collator
+
+    batch = Collator(tokenizer.pad_token_id)([
+        {"input_ids": [1, 5, 6], "attention_mask": [1, 1, 1], "labels": [1, 5, 6]},
+        {"input_ids": [1, 7], "attention_mask": [1, 1], "labels": [1, 7]},
+    ])
+    assert batch["input_ids"][1].tolist() == [1, 7, tokenizer.pad_token_id]
+    assert batch["labels"][1].tolist() == [1, 7, IGNORE_INDEX]
+    assert batch["attention_mask"][1].tolist() == [1, 1, 0]
+
+
+def test_missing_text_column_names_the_option(data_dir, tokenizer):
+    from hostkit_lora.tokenization import texts_of
+
+    config = DataConfig(type="jsonl", path=str(data_dir / "qa.jsonl"))
+    rows = load_rows(config, "train")
+    with pytest.raises(PassError, match=r"data.train.text_field: no column 'text' \(set text_field, text_template or "
+                                        r"messages_field\) \(columns: question, answer\)"):
+        texts_of(rows, config, "train", tokenizer)
