@@ -123,3 +123,45 @@ def test_mismatched_adapters_are_rejected_before_any_run(llama_case, tmp_path, c
         session.load_adapter("other", other)
     assert any("base model" in p for p in info.value.problems)
     assert session._sessions == {} and session.adapters == {}
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_run_file_with_onnx_conversion(llama_case, tmp_path, run_toml, cli, exporter):
+    """The real exporter (hostkit-onnx-export) feeding ExtractAdapters in one run file."""
+    pytest.importorskip("hostkit_onnx_export")
+    case = llama_case
+    result = run_toml(f"""
+[model]
+type = "HfModel"
+path = "{case.base_dir}"
+adapter_path = "{case.own_dir}"
+
+[[passes]]
+type = "OnnxConversion"
+exporter = "{exporter}"
+
+[[passes]]
+type = "ExtractAdapters"
+pack_inputs = true
+
+[output]
+dir = "out"
+""")
+    assert result.exit_code == 0, result.output
+    handle = result.final_model()
+    assert handle.adapter_mode == "inputs" and handle.packed
+    code, output = cli("convert-adapters", "-a", str(case.second_dir), "-o", str(tmp_path / "second"),
+                       "--model", handle.path)
+    assert code == 0, output
+    session = AdapterSession(handle.path)
+    session.load_adapter("own", handle.adapter_weights)
+    session.load_adapter("second", tmp_path / "second.onnx_adapter")
+    feed = case.feed()
+    names = {i.name for i in session.session_for().get_inputs()}
+    if "position_ids" in names:
+        feed["position_ids"] = np.broadcast_to(np.arange(case.input_ids.shape[1]), case.input_ids.shape).astype(np.int64)
+    for adapter, expected in ((None, "base"), ("own", "own"), ("second", "second"), (None, "base")):
+        logits = session.run(feed, adapter=adapter, output_names=["logits"])[0]
+        delta = float(np.abs(logits - case.expected[expected]).max())
+        assert delta <= TOL, f"{exporter} {adapter}: {delta}"
+    assert session.generate("the capital", adapter="second", max_new_tokens=2) is not None
