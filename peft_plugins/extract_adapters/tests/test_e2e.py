@@ -165,3 +165,56 @@ dir = "out"
         delta = float(np.abs(logits - case.expected[expected]).max())
         assert delta <= TOL, f"{exporter} {adapter}: {delta}"
     assert session.generate("the capital", adapter="second", max_new_tokens=2) is not None
+
+
+def test_adapter_trained_in_a_separate_lora_run(llama_case, tmp_path, run_toml, cli):
+    """A second adapter trained by hostkit-lora in its own run, converted with --model, == torch PEFT."""
+    pytest.importorskip("hostkit_lora")
+    from hostkit.testing.runs import run_toml as run_in
+
+    from hostkit_extract_adapters.testing import peft_logits
+
+    case = llama_case
+    extracted = extract_adapters(case.onnx_path, tmp_path / "extracted", pack_inputs=True)
+    words = "one two three four five six seven eight nine ten".split()
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"text": " ".join(words[(i + k) % 10] for k in range(10))}) + "\n"
+                            for i in range(16)))
+    trained = run_in(f"""
+[model]
+type = "HfModel"
+path = "{case.base_dir}"
+
+[data.train]
+type = "jsonl"
+path = "{data}"
+max_seq_len = 32
+
+[[passes]]
+type = "LoRA"
+r = 8
+alpha = 32
+target_modules = ["q_proj", "v_proj"]
+train_data_config = "train"
+[passes.training_args]
+max_steps = 3
+per_device_train_batch_size = 4
+learning_rate = 0.02
+
+[output]
+dir = "lora-run"
+""", tmp_path / "lora")
+    assert trained.exit_code == 0, trained.output
+    adapter_dir = trained.final_model().adapter_path
+    code, output = cli("convert-adapters", "-a", adapter_dir, "-o", str(tmp_path / "trained"), "--adapter-format",
+                       "safetensors", "--model", str(extracted.model_path))
+    assert code == 0, output
+    expected = peft_logits(case.base_dir, adapter_dir, case.input_ids)
+    assert np.abs(expected - case.expected["base"]).max() > 1e-3  # training moved the adapter off zero
+    session = AdapterSession(extracted.model_path)
+    session.load_adapter("own", extracted.weights_path)
+    session.load_adapter("trained", tmp_path / "trained.safetensors")
+    for adapter, want in (("trained", expected), ("own", case.expected["own"]), (None, case.expected["base"]),
+                          ("trained", expected)):
+        delta = float(np.abs(session.run(case.feed(), adapter=adapter, output_names=["logits"])[0] - want).max())
+        assert delta <= TOL, f"{adapter}: {delta}"
