@@ -1,5 +1,10 @@
 """ExtractAdapters: cut the LoRA weights out of an ONNX graph so one model serves many adapters.
 
+LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models",
+arXiv:2106.09685) adds ``(x A) B`` to a frozen ``x W``; the base weights can be
+shared by every adapter trained on them, which is what this pass makes possible
+for an exported graph (the seed's "Extract Adapters", Olive's pass of the name).
+
 The input graph follows the adapter contract (``hostkit.adapter_contract``):
 each LoRA weight is an initializer named ``<module path>.lora_A.weight`` /
 ``.lora_B.weight``, A ``[in, r]`` and B ``[r, out]`` with the scaling folded

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import attrs
 import numpy as np
 
-from hostkit.adapter_contract import (CONTRACT_VERSION, META_BASE_MODEL, META_DTYPE, RANK_AXIS, is_lora_key,
+from hostkit.adapter_contract import (CONTRACT_VERSION, META_BASE_MODEL, RANK_AXIS, is_lora_key,
                                       module_path, same_base_model, weight_kind)
 
 SIGNATURE_KEY = "hostkit.adapters"
@@ -132,7 +132,7 @@ class ModelSignature:
         not cover are absent from the result; see :meth:`complete`.
         """
         metadata = dict(metadata or {})
-        problems: list[str] = []
+        problems: list[Any] = []  # str, or (weight name, reason) grouped at the end
         self._check_base(metadata, model_version, problems)
 
         members = {m: (slot, i) for slot in self.slots.values() for i, m in enumerate(slot.members)}
@@ -185,7 +185,7 @@ class ModelSignature:
                                 f"weights: {_name_list(missing)} (use allow_partial / --allow-partial to run "
                                 "those modules without adapter)")
         if problems:
-            raise AdapterMismatch(problems, adapter=adapter, model=self.source)
+            raise AdapterMismatch(_grouped(problems), adapter=adapter, model=self.source)
         return out
 
     def complete(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -211,11 +211,6 @@ class ModelSignature:
             if base_model_digest(self.base_model) != model_version:
                 problems.append(f"base model: the adapter file's model_version {model_version} does not match "
                                 f"{self.base_model} ({base_model_digest(self.base_model)})")
-        dtype = metadata.get(META_DTYPE)
-        dtypes = {s.dtype for s in self.slots.values()}
-        if dtype and dtypes and dtype not in dtypes and not dtype.startswith("int4"):
-            problems.append(f"dtype: the adapter's metadata says {dtype}, the model takes {', '.join(sorted(dtypes))}"
-                            f" (convert with --dtype {sorted(dtypes)[0]})")
 
     def _unknown(self, names: list[str]) -> list[str]:
         known = list(self.slots) + [m for s in self.slots.values() for m in s.members]
@@ -235,21 +230,20 @@ class ModelSignature:
         rank_axis = slot.rank_axis if rank_axis is None else rank_axis
         ok = True
         if str(array.dtype) != slot.dtype:
-            problems.append(f"{name}: dtype {array.dtype}, the model takes {slot.dtype}"
-                            f" (convert with --dtype {slot.dtype})")
+            problems.append((name, f"dtype {array.dtype}, the model takes {slot.dtype} (convert with --dtype {slot.dtype})"))
             ok = False
         if array.ndim != len(shape):
-            problems.append(f"{name}: shape {_fmt_shape(array.shape)}, the model takes {_fmt_shape(shape)}")
+            problems.append((name, f"shape {_fmt_shape(array.shape)}, the model takes {_fmt_shape(shape)}"))
             return None
         wrong = [i for i, d in enumerate(shape) if i != rank_axis and isinstance(d, int) and array.shape[i] != d]
         fixed_rank = shape[rank_axis]
         if wrong:
-            problems.append(f"{name}: shape {_fmt_shape(array.shape)}, the model takes {_fmt_shape(shape)}"
-                            " (an adapter for a model of other dimensions)")
+            problems.append((name, f"shape {_fmt_shape(array.shape)}, the model takes {_fmt_shape(shape)}"
+                                   " (an adapter for a model of other dimensions)"))
             ok = False
         elif isinstance(fixed_rank, int) and array.shape[rank_axis] > fixed_rank:
-            problems.append(f"{name}: rank {array.shape[rank_axis]}, the model's rank is fixed at {fixed_rank}"
-                            " (extract with make_inputs = true and dynamic_lora_r = true to take any rank)")
+            problems.append((name, f"rank {array.shape[rank_axis]}, the model's rank is fixed at {fixed_rank}"
+                                   " (extract with make_inputs = true and dynamic_lora_r = true to take any rank)"))
             ok = False
         if not ok:
             return None
@@ -280,6 +274,23 @@ class ModelSignature:
             where = [index] + [slice(0, array.shape[i]) for i in range(array.ndim)]
             packed[tuple(where)] = array  # lower ranks zero-padded: exact
         return packed
+
+
+def _grouped(problems: list[Any]) -> list[str]:
+    """Problems as lines; one per-weight reason shared by several weights becomes one line."""
+    lines: list[str] = []
+    by_reason: dict[str, list[str]] = {}
+    for problem in problems:
+        if isinstance(problem, tuple):
+            by_reason.setdefault(problem[1], []).append(problem[0])
+        else:
+            lines.append(problem)
+    for reason, names in by_reason.items():
+        if len(names) == 1:
+            lines.append(f"{names[0]}: {reason}")
+        else:
+            lines.append(f"{len(names)} weights: {reason}: {_name_list(names, limit=4)}")
+    return lines
 
 
 def _is_lora(name: str) -> bool:

@@ -113,8 +113,9 @@ def test_mismatched_adapters_are_rejected_before_any_run(llama_case, tmp_path, c
                        "--model", str(result.model_path))
     assert code == 2, output
     for expected in ("base model: the adapter was made for other-base@sha256:",
-                     "model.layers.0.self_attn.q_proj.lora_A.weight: dtype float16, the model takes float32",
-                     "model.layers.0.self_attn.q_proj.lora_A.weight: rank 8, the model's rank is fixed at 4",
+                     "4 weights: dtype float16, the model takes float32 (convert with --dtype float32): "
+                     "model.layers.0.self_attn.q_proj.lora_A.weight, model.layers.0.self_attn.q_proj.lora_B.weight",
+                     "4 weights: rank 8, the model's rank is fixed at 4",
                      "missing 4 of the model's 8 adapter weights: model.layers.0.self_attn.v_proj.lora_A.weight"):
         assert expected in output, output
     assert not list(tmp_path.glob("other.*"))
