@@ -57,6 +57,9 @@ class QLoraTraining(LoraTraining):
             "bnb_4bit_compute_dtype": self.config.compute_dtype or self.dtype_name,
         }
 
+    def low_memory_heap(self) -> bool:
+        return self.config.cpu_low_memory and not self.use_gpu
+
     def training_defaults(self) -> dict[str, Any]:
         return {"optim": "paged_adamw_32bit"} if self.use_gpu else {"optim": "adamw_torch"}
 
