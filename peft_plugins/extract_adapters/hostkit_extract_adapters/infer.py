@@ -256,7 +256,7 @@ class AdapterSession:
             elif value.name == "position_ids":
                 feed[value.name] = np.arange(n, dtype=dtype)[None, :]
             elif value.name.startswith("past_key_values") or value.name.startswith("past."):
-                # no KV cache here: an empty past (batch 1, zero past length)
+                # the first step (or a graph whose presents are not used): an empty past (batch 1, length 0)
                 shape = [1 if i == 0 and not isinstance(d, int) else (d if isinstance(d, int) else 0)
                          for i, d in enumerate(value.shape)]
                 feed[value.name] = np.zeros(shape, dtype=np.float16 if "float16" in value.type else np.float32)
@@ -264,19 +264,49 @@ class AdapterSession:
                 raise ValueError(f"{self.model_path}: do not know how to fill input {value.name!r} for generation")
         return feed
 
+    @staticmethod
+    def _kv_pairs(session: Any) -> dict[str, str]:
+        """past input -> present output, for graphs exported with a KV cache (``present.N.key`` ...)."""
+        outputs = {o.name for o in session.get_outputs()}
+        pairs = {}
+        for value in session.get_inputs():
+            if value.name.startswith("past_key_values."):
+                present = "present." + value.name[len("past_key_values."):]
+                if present in outputs:
+                    pairs[value.name] = present
+        return pairs
+
     def generate_ids(self, input_ids: Iterable[int], adapter: str | Sequence[str] | None = None,
-                     max_new_tokens: int = 20, eos_token_id: int | None = None) -> list[int]:
-        """Greedy decoding (no KV cache: the whole sequence each step); returns the new token ids."""
+                     max_new_tokens: int = 20, eos_token_id: int | None = None, use_cache: bool = True) -> list[int]:
+        """Greedy decoding; returns the new token ids.
+
+        Graphs exported with a KV cache (``past_key_values.N.*`` inputs,
+        ``present.N.*`` outputs) feed each step's presents back as the next
+        past (``use_cache``); other graphs run the whole sequence every step.
+        """
         ids = list(int(i) for i in input_ids)
         session = self.session_for(self._names(adapter))
+        pairs = self._kv_pairs(session) if use_cache else {}
+        outputs = ["logits", *pairs.values()]
+        feed = self._text_inputs(session, ids)
         new: list[int] = []
         for _ in range(max_new_tokens):
-            logits = self.run(self._text_inputs(session, ids), adapter=adapter, output_names=["logits"])[0]
-            token = int(np.argmax(logits[0, -1]))
+            results = self.run(feed, adapter=adapter, output_names=outputs)
+            token = int(np.argmax(results[0][0, -1]))
             ids.append(token)
             new.append(token)
             if eos_token_id is not None and token == eos_token_id:
                 break
+            if pairs:
+                feed = self._text_inputs(session, ids)
+                dtype = feed["input_ids"].dtype
+                feed["input_ids"] = np.array([[token]], dtype=dtype)
+                if "position_ids" in feed:
+                    feed["position_ids"] = np.array([[len(ids) - 1]], dtype=feed["position_ids"].dtype)
+                for (past, _), value in zip(pairs.items(), results[1:]):
+                    feed[past] = value
+            else:
+                feed = self._text_inputs(session, ids)
         return new
 
     def generate(self, prompt: str, adapter: str | Sequence[str] | None = None, max_new_tokens: int = 20) -> str:

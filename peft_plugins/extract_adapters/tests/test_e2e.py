@@ -219,3 +219,35 @@ dir = "lora-run"
                           ("trained", expected)):
         delta = float(np.abs(session.run(case.feed(), adapter=adapter, output_names=["logits"])[0] - want).max())
         assert delta <= TOL, f"{adapter}: {delta}"
+
+
+def test_generate_with_a_kv_cache_graph(llama_case, tmp_path, run_toml, llama_tools):
+    """OnnxConversion with_past = true: generation feeds the presents back, and still equals torch."""
+    pytest.importorskip("hostkit_onnx_export")
+    case = llama_case
+    result = run_toml(f"""
+[model]
+type = "HfModel"
+path = "{case.base_dir}"
+adapter_path = "{case.own_dir}"
+
+[[passes]]
+type = "OnnxConversion"
+exporter = "torchscript"
+with_past = true
+
+[[passes]]
+type = "ExtractAdapters"
+
+[output]
+dir = "out"
+""")
+    assert result.exit_code == 0, result.output
+    session = AdapterSession(result.final_model().path)
+    assert session._kv_pairs(session.session_for())
+    session.load_adapter("second", case.second_dir)
+    prompt = session.tokenizer("the capital of france is")["input_ids"]
+    for adapter, adapter_dir in ((None, None), ("second", case.second_dir)):
+        cached = session.generate_ids(prompt, adapter=adapter, max_new_tokens=8)
+        assert cached == session.generate_ids(prompt, adapter=adapter, max_new_tokens=8, use_cache=False)
+        assert cached == llama_tools.peft_greedy(case.base_dir, adapter_dir, prompt, 8)
