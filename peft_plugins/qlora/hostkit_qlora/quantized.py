@@ -58,7 +58,8 @@ class QLoraTraining(LoraTraining):
         }
 
     def low_memory_heap(self) -> bool:
-        return self.config.cpu_low_memory and not self.use_gpu
+        # getattr: subclasses' configs (LoftQ) need not have the option; the default is on
+        return getattr(self.config, "cpu_low_memory", True) and not self.use_gpu
 
     def training_defaults(self) -> dict[str, Any]:
         return {"optim": "paged_adamw_32bit"} if self.use_gpu else {"optim": "adamw_torch"}
