@@ -183,10 +183,14 @@ class LlamaCase:
         self.second_dir = make_peft_adapter(base_dir, root / "adapter-second", seed=2, r=8, lora_alpha=16,
                                             use_rslora=True, rank_pattern={"layers.1.self_attn.v_proj": 2},
                                             alpha_pattern={"q_proj": 4})
+        # a lower rank than the own adapter's: fits models whose rank is fixed (zero-padded)
+        self.small_dir = make_peft_adapter(base_dir, root / "adapter-small", seed=3, r=2, lora_alpha=6,
+                                           alpha_pattern={"v_proj": 3})
         rng = np.random.default_rng(0)
         self.input_ids = rng.integers(3, 400, size=(2, 7)).astype(np.int64)
         self.expected = {name: peft_logits(base_dir, adapter, self.input_ids)
-                         for name, adapter in (("base", None), ("own", self.own_dir), ("second", self.second_dir))}
+                         for name, adapter in (("base", None), ("own", self.own_dir), ("second", self.second_dir),
+                                                 ("small", self.small_dir))}
         self.onnx_path = export_peft_llama(base_dir, self.own_dir, root / "export" / "model.onnx")
 
     def feed(self) -> dict[str, np.ndarray]:

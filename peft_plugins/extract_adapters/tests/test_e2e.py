@@ -2,9 +2,10 @@
 
 For one extracted model (make_inputs true, false, and pack_inputs true):
 no adapter == the base model; its own adapter == the torch PEFT model; a
-second adapter made separately (other rank, rsLoRA, rank and alpha patterns)
-and converted with ``convert-adapters --model`` == the torch PEFT model with
-that adapter; all through one AdapterSession, switching per call.
+second adapter made separately (other rank, rsLoRA, rank and alpha patterns;
+for the fixed rank of make_inputs = false, one of a lower rank) and converted
+with ``convert-adapters --model`` == the torch PEFT model with that adapter;
+all through one AdapterSession, switching per call.
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ def test_one_model_base_own_and_converted_second_adapter(tmp_path, llama_case, c
         code, output = cli(*args)
         assert code == 2, output
         assert "rank 8, the model's rank is fixed at 4" in output
-        second_dir = case.own_dir  # a PEFT folder loads directly too (converted on the fly)
-        expected_second = case.expected["own"]
+        args[2] = str(case.small_dir)  # r = 2 fits (zero-padded to 4, exact)
+        code, output = cli(*args)
+        assert code == 0, output
+        second_dir, expected_second = second, case.expected["small"]
     else:
         code, output = cli(*args)
         assert code == 0, output
@@ -63,6 +66,7 @@ def test_one_model_base_own_and_converted_second_adapter(tmp_path, llama_case, c
     # the adapters really change the output (the comparison is not vacuous)
     assert np.abs(case.expected["own"] - case.expected["base"]).max() > 1e-2
     assert np.abs(case.expected["second"] - case.expected["own"]).max() > 1e-2
+    assert np.abs(case.expected["small"] - case.expected["own"]).max() > 1e-2
     if options.get("make_inputs"):
         assert session._sessions == {}  # one session served everything
     print(f"{mode}: max |logits - torch| = " + json.dumps(deltas))
