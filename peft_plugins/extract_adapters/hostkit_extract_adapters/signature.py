@@ -168,9 +168,31 @@ class ModelSignature:
             if packed is not None:
                 out[slot_name] = packed
         for module, kinds in sorted(ranks.items()):
-            if len(set(kinds.values())) > 1:
+            if len(kinds) == 1:
+                (kind,) = kinds
+                other = "lora_B" if kind == "lora_A" else "lora_A"
+                problems.append(f"{module}: has {kind} but no {other} (A and B of a module come together)")
+            elif len(set(kinds.values())) > 1:
                 problems.append(f"{module}: lora_A has rank {kinds.get('lora_A')} but lora_B has rank "
                                 f"{kinds.get('lora_B')}")
+        for name, array in sorted(out.items()):  # packed slots given packed: A and B must agree too
+            slot = self.slots[name]
+            if not slot.packed or ".lora_A." not in name:
+                continue
+            partner = name.replace(".lora_A.", ".lora_B.")
+            if partner not in self.slots:
+                continue
+            if partner not in out:
+                problems.append(f"{name}: given without {partner}")
+            elif array.shape[slot.rank_axis] != out[partner].shape[self.slots[partner].rank_axis]:
+                problems.append(f"{name} has rank {array.shape[slot.rank_axis]} but {partner} has rank "
+                                f"{out[partner].shape[self.slots[partner].rank_axis]}")
+        for name in sorted(out):
+            slot = self.slots[name]
+            if slot.packed and ".lora_B." in name:
+                partner = name.replace(".lora_B.", ".lora_A.")
+                if partner in self.slots and partner not in out:
+                    problems.append(f"{name}: given without {partner}")
         if not allow_partial:
             covered = set(direct)
             for slot_name, given in by_slot.items():

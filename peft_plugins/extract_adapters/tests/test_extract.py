@@ -240,3 +240,18 @@ def test_different_base_detected_from_onnx_adapter_model_version(tmp_path, toy):
     session = AdapterSession(second.model_path)
     with pytest.raises(AdapterMismatch, match="model_version"):
         session.load_adapter("a", first.weights_path)
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_half_a_module_is_refused_even_when_partial(tmp_path, toy, pack):
+    src = toy.build(tmp_path / "model.onnx", toy.random_adapter(1))
+    result = extract_adapters(src, tmp_path / "out", pack_inputs=pack)
+    session = AdapterSession(result.model_path, allow_partial=True)
+    half = toy.random_adapter(2, modules=["model.layers.0.self_attn.q_proj"])
+    del half["model.layers.0.self_attn.q_proj.lora_B.weight"]
+    with pytest.raises(AdapterMismatch, match="q_proj: has lora_A but no lora_B"):
+        session.load_adapter("half", half)
+    if pack:
+        packed = {"model.layers.self_attn.q_proj.lora_A.weight.packed": np.zeros((2, 16, 4), np.float32)}
+        with pytest.raises(AdapterMismatch, match="given without model.layers.self_attn.q_proj.lora_B.weight.packed"):
+            session.load_adapter("packed-half", packed)
