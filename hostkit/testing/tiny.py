@@ -63,7 +63,7 @@ def build_tiny_llama(path: str | Path, *, hidden_size: int = 64, layers: int = 2
     path = Path(path)
     tokenizer = build_tokenizer(vocab_size)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
+        vocab_size=max(vocab_size, len(tokenizer)), hidden_size=hidden_size, intermediate_size=intermediate_size,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
         max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
