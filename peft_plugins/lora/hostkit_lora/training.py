@@ -56,6 +56,7 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -261,6 +262,12 @@ class LoraTraining:
         return last_complete_checkpoint(Path(output_dir))
 
     def run(self) -> HfModel:
+        with warnings.catch_warnings():
+            # peft and the Trainer still call transformers' deprecated gradient_checkpointing names
+            warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated", category=FutureWarning)
+            return self._run()
+
+    def _run(self) -> HfModel:
         context = self.context
         transformers.utils.logging.disable_progress_bar()
         self.tokenizer = self.load_tokenizer()

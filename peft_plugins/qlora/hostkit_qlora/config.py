@@ -26,4 +26,4 @@ class QLoRAConfig(LoRAConfig):
     save_quant_config: bool = option(True, help="record the 4-bit settings in the output handle, so later passes "
                                                 "load the base the same way")
     cpu_low_memory: bool = option(True, help="CPU only: hand each layer's dequantized weight buffer back to the OS "
-                                             "at once (training peak ~0.5x, steps ~1.7x slower on an 88M model)")
+                                             "at once (training peak 0.57x, steps 1.7x slower on an 88M model)")
