@@ -126,3 +126,31 @@ class TestQLoRAConformance(PassConformance):
     [output]
     dir = "out"
     '''
+
+
+def test_a_quantized_load_lets_go_of_the_mmapped_checkpoint(tiny_llama):
+    """transformers keeps unquantized tensors as views of the mmapped fp32 file; hostkit copies them out."""
+    import gc
+
+    import torch
+    import transformers
+    from hostkit_lora.training import release_checkpoint_file
+
+    def mapped() -> bool:
+        return any(str(tiny_llama) in line for line in Path("/proc/self/maps").read_text().splitlines())
+
+    config = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                             bnb_4bit_compute_dtype=torch.float32)
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_llama, quantization_config=config, dtype=torch.float32)
+    gc.collect()
+    assert mapped()  # the plain load keeps the checkpoint file mapped
+    ids = torch.tensor([[1, 20, 30, 40]])
+    with torch.no_grad():
+        before = model(ids).logits
+    tied_before = model.lm_head.weight is model.model.embed_tokens.weight
+    release_checkpoint_file(model)
+    gc.collect()
+    assert not mapped()
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, before)
+    assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied_before
