@@ -129,6 +129,7 @@ class LoraTraining:
         self.task = model.task
         self.labels: list[str] | None = None
         self.tokenizer: Any = None
+        self.checkpointing = False  # set from training_args in run(), before load_base()
 
     # -- hooks (override in QLoRA / LoftQ) -------------------------------------
 

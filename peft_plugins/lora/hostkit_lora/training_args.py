@@ -43,8 +43,7 @@ ALIASES = {"warmup_ratio": "warmup_steps", "gradient_checkpointing": "activation
            "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs",
            "evaluation_strategy": "eval_strategy"}
 #: Options that need a CUDA GPU when true.
-GPU_ONLY = {"fp16": "fp16 mixed precision", "fp16_full_eval": "fp16 evaluation", "tf32": "TF32 matmuls",
-            "half_precision_backend": None}
+GPU_ONLY = {"fp16": "fp16 mixed precision", "fp16_full_eval": "fp16 evaluation", "tf32": "TF32 matmuls"}
 
 
 @functools.lru_cache(maxsize=1)
