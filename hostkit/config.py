@@ -310,6 +310,9 @@ class DataConfig:
     packing: str = option("none", help="none, or join: concatenate all examples and cut into max_seq_len blocks",
                           validator=one_of("none", "join"))
     add_special_tokens: bool = option(True, help="let the tokenizer add BOS/EOS tokens")
+    response_template: str | None = option(None, help="train only on the text after the first occurrence of this "
+                                                      "string (e.g. \"Answer:\"); the prompt before it is not scored")
+    append_eos: bool = option(False, help="end every causal-LM example with the EOS token, so the model learns to stop")
     batch_size: int = option(32, help="batch size for tensor data (npz, user_script)", validator=positive)
     user_script: str | None = option(None, help="Python file defining dataloader_func (type = \"user_script\")", path=True)
     dataloader_func: str | None = option(None, help="function in user_script returning an iterable of (inputs, labels) batches")

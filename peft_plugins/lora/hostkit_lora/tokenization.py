@@ -7,8 +7,12 @@ tokenizes it, packs it (Olive's ``join`` strategy) and builds the collators.
 Every error names the data config and the option at fault, e.g.
 ``data.train.text_template: no column 'answer' (columns: question, reply)``.
 
-Causal LM examples train on every token (``labels = input_ids``); padding is
-labelled -100 so it never counts, even where the pad token is the EOS token.
+Causal LM examples train on every token (``labels = input_ids``) unless the data
+config names a ``response_template``: then only the tokens after its first
+occurrence are scored (the prompt is labelled -100, as TRL's completion-only
+collator does), found through the tokenizer's character offsets so that the
+boundary is exact whatever the merges. Padding is labelled -100 so it never
+counts, even where the pad token is the EOS token.
 """
 
 from __future__ import annotations
@@ -100,10 +104,44 @@ def _pack(ids: list[list[int]], block: int, eos_id: int | None) -> list[list[int
     return blocks or [stream[:block]]
 
 
+def _response_labels(tokenizer: Any, texts: list[str], ids: list[list[int]], config: DataConfig,
+                     name: str) -> list[list[int]]:
+    """Labels that score only the tokens after ``config.response_template``."""
+    template = config.response_template
+    labels = []
+    for i, (text, seq) in enumerate(zip(texts, ids)):
+        start = text.find(template)
+        if start < 0:
+            raise PassError(f"data.{name}.response_template: {template!r} does not occur in example {i}: {text[:80]!r}")
+        boundary = start + len(template)
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        plain, offsets = list(encoded["input_ids"]), list(encoded["offset_mapping"])
+        # where the text's own tokens start in `seq` (after a BOS or other special prefix)
+        lead = next((p for p in range(0, 4) if seq[p:p + min(len(plain), len(seq) - p)] == plain[:len(seq) - p]), 0)
+        row = []
+        for k, token in enumerate(seq):
+            j = k - lead
+            in_prompt = j < 0 or (j < len(offsets) and offsets[j][0] < boundary)
+            row.append(IGNORE_INDEX if in_prompt else token)
+        if all(v == IGNORE_INDEX for v in row):
+            raise PassError(f"data.{name}.response_template: nothing follows {template!r} in example {i} "
+                            f"(after max_seq_len = {config.max_seq_len} tokens)")
+        labels.append(row)
+    return labels
+
+
 def causal_lm_dataset(rows: Any, config: DataConfig, name: str, tokenizer: Any) -> ExampleDataset:
     """Examples for ``text-generation``: ``input_ids``, ``attention_mask``, ``labels``."""
     texts = texts_of(rows, config, name, tokenizer)
     ids = _encode(tokenizer, texts, config, truncate=config.packing == "none")
+    if config.append_eos and tokenizer.eos_token_id is not None:
+        ids = [seq if seq and seq[-1] == tokenizer.eos_token_id else seq + [tokenizer.eos_token_id] for seq in ids]
+    if config.response_template:
+        if config.packing != "none":
+            raise PassError(f"data.{name}.response_template: cannot be combined with packing = \"join\"")
+        labels = _response_labels(tokenizer, texts, ids, config, name)
+        return ExampleDataset([{"input_ids": seq, "attention_mask": [1] * len(seq), "labels": lab}
+                               for seq, lab in zip(ids, labels)])
     if config.packing == "join":
         ids = _pack(ids, config.max_seq_len, tokenizer.eos_token_id)
     ids = [seq for seq in ids if seq]

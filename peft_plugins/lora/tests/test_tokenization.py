@@ -87,3 +87,25 @@ def test_missing_text_column_names_the_option(data_dir, tokenizer):
     with pytest.raises(PassError, match=r"data.train.text_field: no column 'text' \(set text_field, text_template or "
                                         r"messages_field\) \(columns: question, answer\)"):
         texts_of(rows, config, "train", tokenizer)
+
+
+def test_response_template_scores_only_the_answer_and_append_eos_teaches_stopping(data_dir, tokenizer):
+    from hostkit_lora.tokenization import IGNORE_INDEX, causal_lm_dataset
+
+    config = DataConfig(type="jsonl", path=str(data_dir / "qa.jsonl"), text_template="Q: {question}\nA: {answer}",
+                        response_template="A:", append_eos=True)
+    rows = load_rows(config, "train")
+    example = causal_lm_dataset(rows, config, "train", tokenizer)[0]
+    scored = [token for token in example["labels"] if token != IGNORE_INDEX]
+    assert example["input_ids"][-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(scored[:-1]).strip() == "two" and scored[-1] == tokenizer.eos_token_id
+    assert example["labels"][: -len(scored)] == [IGNORE_INDEX] * (len(example["labels"]) - len(scored))
+
+
+def test_response_template_that_never_occurs_names_the_option(data_dir, tokenizer):
+    from hostkit_lora.tokenization import causal_lm_dataset
+
+    config = DataConfig(type="jsonl", path=str(data_dir / "qa.jsonl"), text_template="Q: {question} {answer}",
+                        response_template="Answer:")
+    with pytest.raises(PassError, match=r"data.train.response_template: 'Answer:' does not occur in example 0"):
+        causal_lm_dataset(load_rows(config, "train"), config, "train", tokenizer)

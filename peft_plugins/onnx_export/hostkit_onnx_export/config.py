@@ -28,5 +28,6 @@ class OnnxConversionConfig:
                                                      "(always done above 2 GB)")
     check_outputs: bool = option(False, help="after export, run onnxruntime on a sample batch and record the max "
                                              "logit difference to torch (needs onnxruntime)")
-    check_tolerance: float = option(1e-4, help="with check_outputs: fail when the max difference exceeds this "
-                                               "(float32; float16 exports are checked at 100x)", validator=positive)
+    check_tolerance: float = option(1e-4, help="with check_outputs: fail when max|ort - torch| / max(1, max|torch logits|) "
+                                               "exceeds this (float32; float16 exports are checked at 100x)",
+                                    validator=positive)
