@@ -238,6 +238,7 @@ class Runner:
         return records
 
     def _step_key(self, step: StepConfig, model: Any) -> str:
+        """What a step's output depends on: a change to any of it re-runs the step."""
         plugin = step.spec.plugin
         return stable_hash({
             "type": step.type,
@@ -246,7 +247,21 @@ class Runner:
             "plugin": [plugin.distribution, plugin.version] if plugin else None,
             "input": _handle_json(model),
             "input_files": _input_fingerprint(model),
+            "option_files": _input_fingerprint(step.config),
+            "data": self._data_fingerprints(step),
         })
+
+    def _data_fingerprints(self, step: StepConfig) -> dict[str, Any]:
+        """The data configs the step names (``*_data_config`` options), with their files' fingerprints."""
+        from hostkit.config import converter
+
+        out = {}
+        for field in attrs.fields(type(step.config)):
+            name = getattr(step.config, field.name)
+            if field.name.endswith("data_config") and isinstance(name, str) and name in self.config.data:
+                data = self.config.data[name]
+                out[name] = {"config": converter.unstructure(data), "files": _input_fingerprint(data)}
+        return out
 
     def _run_step(self, run: RunContext, step: StepConfig, model: Any,
                   previous_steps: dict[str, Any]) -> tuple[StepRecord, Any, StepContext]:

@@ -277,3 +277,19 @@ dir = "out"
     bad = run_toml(text.replace('input = "first"', 'input = "frist"'), workdir=workdir, command="validate")
     assert bad.exit_code == 2
     assert "passes[2] (Echo).input: expected \"model\" or the name of an earlier step (model, first, second), got 'frist' (did you mean 'first'?)" in bad.output
+
+
+def test_a_changed_data_file_or_data_config_reruns_the_step(run_toml, workdir):
+    (workdir / "train.jsonl").write_text('{"text": "a"}\n')
+    text = RUN.replace('repeat = 3', 'repeat = 3\ntrain_data_config = "train"') + \
+        '\n[data.train]\ntype = "jsonl"\npath = "train.jsonl"\ntext_field = "text"\n'
+    assert run_toml(text, workdir=workdir).exit_code == 0
+    assert (workdir / "out" / "01-echo" / "lines.txt").read_text() == "1"
+    assert [s["status"] for s in run_toml(text, workdir=workdir).manifest["steps"]] == ["cached", "cached"]
+    time.sleep(0.01)
+    (workdir / "train.jsonl").write_text('{"text": "a"}\n{"text": "b"}\n')
+    rerun = run_toml(text, workdir=workdir)
+    assert [s["status"] for s in rerun.manifest["steps"]][0] == "ok"
+    assert (workdir / "out" / "01-echo" / "lines.txt").read_text() == "2"
+    changed = run_toml(text.replace('text_field = "text"', 'text_field = "text"\nmax_samples = 1'), workdir=workdir)
+    assert changed.manifest["steps"][0]["status"] == "ok"

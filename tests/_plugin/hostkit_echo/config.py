@@ -16,3 +16,4 @@ class EchoConfig:
     fail: str | None = option(None, help="fail on purpose: 'expected' (PassError) or 'bug' (RuntimeError)",
                               validator=one_of("expected", "bug"))
     sleep_s: float = option(0.0, help="sleep this long (to test interruption)")
+    train_data_config: str | None = option(None, help="a [data.NAME] table whose file's line count is written to lines.txt")

@@ -32,6 +32,10 @@ def hostkit_run_pass(pass_type: str, config: EchoConfig, model: Any, context: An
             time.sleep(config.sleep_s)
     text = config.message.upper() if config.mode == "upper" else config.message
     (context.output_dir / "echo.txt").write_text((text + "\n") * config.repeat)
+    if config.train_data_config:
+        data = context.data_config(config.train_data_config)
+        with open(data.path) as fh:
+            (context.output_dir / "lines.txt").write_text(str(sum(1 for _ in fh)))
     context.report_metric("lines", config.repeat)
     if hasattr(model, "path") and not getattr(model, "adapter_path", "x"):
         return attrs.evolve(model, adapter_path=str(context.output_dir))
