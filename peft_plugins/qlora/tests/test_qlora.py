@@ -128,9 +128,13 @@ class TestQLoRAConformance(PassConformance):
     '''
 
 
-def test_a_quantized_load_lets_go_of_the_mmapped_checkpoint(tiny_llama):
+def test_a_quantized_load_lets_go_of_the_mmapped_checkpoint(tiny_llama, tmp_path):
     """transformers keeps unquantized tensors as views of the mmapped fp32 file; hostkit copies them out."""
     import gc
+    import shutil
+
+    # a private copy: other tests of this process may still hold models mapped from the shared folder
+    tiny_llama = Path(shutil.copytree(tiny_llama, tmp_path / "private-tiny-llama"))
 
     import torch
     import transformers
