@@ -57,8 +57,8 @@ def build_parser(host: PluginHost) -> argparse.ArgumentParser:
     p = sub.add_parser("passes", help="pass types and their summaries")
     _add_common(p)
 
-    p = sub.add_parser("schema", help="a pass's options as a commented TOML template")
-    p.add_argument("pass_type")
+    p = sub.add_parser("schema", help="a pass's options (or data, output, HfModel, ...) as a commented TOML template")
+    p.add_argument("pass_type", help="a pass type, or one of the run file's own tables: data, output, a model type")
     p.add_argument("--markdown", action="store_true", help="a Markdown option table instead")
     _add_common(p)
 
@@ -219,8 +219,13 @@ def cmd_passes(args: argparse.Namespace, host: PluginHost, stream: Any) -> int:
 
 def cmd_schema(args: argparse.Namespace, host: PluginHost, stream: Any) -> int:
     from hostkit.config import did_you_mean
-    from hostkit.schema import markdown_table, toml_template
+    from hostkit.schema import markdown_table, table_template, toml_template
 
+    host_tables = _host_tables(host)
+    if args.pass_type.casefold() in host_tables:
+        cls, header, title = host_tables[args.pass_type.casefold()]
+        print(markdown_table(cls) if args.markdown else table_template(cls, header, title), end="")
+        return EXIT_OK
     spec = host.registry.find_pass(args.pass_type)
     if spec is None:
         problem = host.provider_problem(args.pass_type)
@@ -231,6 +236,17 @@ def cmd_schema(args: argparse.Namespace, host: PluginHost, stream: Any) -> int:
                           f"(installed: {', '.join(sorted(known)) or 'none'})")
     print(markdown_table(spec.config_cls) if args.markdown else toml_template(spec), end="")
     return EXIT_OK
+
+
+def _host_tables(host: PluginHost) -> dict[str, tuple[type, str, str]]:
+    """The run file's own tables, by the name ``hostkit schema`` takes: data, output, and each model type."""
+    from hostkit.config import DataConfig, OutputConfig
+
+    tables = {"data": (DataConfig, "[data.NAME]", "a named data config, referenced by passes"),
+              "output": (OutputConfig, "[output]", "where step folders and manifest.json go")}
+    for spec in host.registry.model_types.values():
+        tables[spec.name.casefold()] = (spec.cls, f"[model]\ntype = {json.dumps(spec.name)}", f"{spec.name}: {spec.summary}")
+    return tables
 
 
 def cmd_new_plugin(args: argparse.Namespace, host: PluginHost, stream: Any) -> int:

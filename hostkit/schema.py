@@ -31,6 +31,16 @@ def toml_template(spec: Any) -> str:
     if spec.plugin:
         lines.append(f"# plugin: {spec.plugin.describe()}; runs on: {spec.requires.hardware}")
     lines += ["[[passes]]", f"type = {json.dumps(spec.name)}"]
+    return _fields(spec.config_cls, lines)
+
+
+def table_template(cls: type, header: str, title: str) -> str:
+    """A host table (``[data.NAME]``, ``[output]``, ``[model]``) with every option."""
+    return _fields(cls, [f"# {title}", header])
+
+
+def _fields(cls: type, lines: list[str]) -> str:
+    spec = type("_Spec", (), {"config_cls": cls})
     for field, (name, type_name, default, help_text) in zip(attrs.fields(spec.config_cls), field_summary(spec.config_cls)):
         lines.append("")
         if help_text:

@@ -92,3 +92,12 @@ def test_plugins_pip_args_from_plugins_toml(tmp_path):
         '[plugins.a]\npath = "pa"\nextras = ["x"]\n[plugins.b]\nrequirement = "hostkit-b>=1"\n[plugins.c]\nrequirement = "c"\nenabled = false\n')
     result = run_hostkit(["plugins", "--pip-args", "--editable"], cwd=tmp_path)
     assert result.stdout.split() == ["-e", f"{tmp_path / 'pa'}[x]", "hostkit-b>=1"]
+
+
+def test_schema_of_the_run_files_own_tables(tmp_path):
+    data = run_hostkit(["schema", "data"], cwd=tmp_path)
+    assert data.returncode == 0 and "[data.NAME]" in data.stdout and "response_template" in data.stdout
+    model = run_hostkit(["schema", "HfModel"], cwd=tmp_path)
+    assert '[model]\ntype = "HfModel"' in model.stdout and "trust_remote_code = false" in model.stdout
+    table = run_hostkit(["schema", "output", "--markdown"], cwd=tmp_path).stdout
+    assert table.startswith("| option |") and "`dir`" in table
