@@ -266,12 +266,14 @@ def bench_memory(work: Path, threads: int, steps: int = 5) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("output", nargs="?", type=Path, help="also write the Markdown here")
+    parser.add_argument("--output", dest="output_file", type=Path, help="the same, as an option (make bench)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for every measured process")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-overhead", action="store_true")
     args = parser.parse_args(argv)
+    args.output = args.output or args.output_file
     parts = ["## hostkit-lora / hostkit-qlora", "",
              f"`{' '.join(['bench/bench_lora.py'] + (argv if argv is not None else sys.argv[1:]))}` on "
              f"{os.cpu_count()} CPU(s), {time.strftime('%Y-%m-%d')}", ""]
