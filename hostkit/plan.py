@@ -15,7 +15,7 @@ import attrs
 
 from hostkit.config import (
     CheckContext, DataConfig, OutputConfig, RunConfig, StepConfig, collect, did_you_mean,
-    read_toml, resolve_path, resolve_paths,
+    read_toml, resolve_path, resolve_paths, structure_strict,
 )
 from hostkit.errors import ConfigError, PluginLoadError
 from hostkit.hardware import cuda_visible
@@ -86,6 +86,11 @@ def plan_run(run_file: Path, host: PluginHost, *, output_dir: str | None = None)
     for name, table in data_raw.items():
         cfg = collect(problems, table, DataConfig, f"data.{name}")
         if cfg is None:
+            raw_path = table.get("path") if isinstance(table, dict) else None
+            if isinstance(raw_path, str) and table.get("type") != "hub":
+                resolved_raw_path = resolve_path(raw_path, base)
+                if resolved_raw_path and not Path(resolved_raw_path).exists():
+                    problems.append(f"data.{name}.path: {resolved_raw_path} does not exist")
             continue
         cfg = resolve_paths(cfg, base)
         for field_name in ("path", "user_script"):
@@ -150,18 +155,24 @@ def plan_run(run_file: Path, host: PluginHost, *, output_dir: str | None = None)
             else:
                 input_type = types_by_name[step_input]
         options = deep_merge(host.workspace.defaults_for(spec.name), table)
+        before = len(problems)
         config = collect(problems, options, spec.config_cls, where)
         resolved_passes.append({"type": spec.name, **({"name": step_name} if step_name else {}),
                                 **({"input": step_input} if step_input else {}), **options})
+        valid = config is not None
         if config is None:
-            continue
+            # keep checking what can be checked (data references, training_args, hardware) with the
+            # faulty keys left out, so that every problem is reported in one go
+            config = _without_faulty_keys(options, spec.config_cls, problems[before:], where)
+            if config is None:
+                continue
         config = resolve_paths(config, base)
         for field in attrs.fields(type(config)):
             value = getattr(config, field.name)
-            if field.name.endswith("data_config") and isinstance(value, str) and value not in data:
-                known = ", ".join(sorted(data)) or "none defined"
+            if field.name.endswith("data_config") and isinstance(value, str) and value not in data_raw:
+                known = ", ".join(sorted(data_raw)) or "none defined"
                 problems.append(f"{where}.{field.name}: no [data.{value}] table (defined: {known})"
-                                + did_you_mean(value, data))
+                                + did_you_mean(value, data_raw))
         problems += [f"{where}: {p}" for p in _requirement_problems(spec)]
         if spec.check is not None:
             problems += [f"{where}.{p}" if not p.startswith(" ") else f"{where}:{p}" for p in spec.check(config, check_context)]
@@ -171,7 +182,9 @@ def plan_run(run_file: Path, host: PluginHost, *, output_dir: str | None = None)
         current_type = spec.output_type or input_type
         if step_name:
             types_by_name[step_name] = current_type
-        steps.append(StepConfig(index=index, spec=spec, config=config, options=options, name=step_name, input=step_input))
+        if valid:
+            steps.append(StepConfig(index=index, spec=spec, config=config, options=options, name=step_name,
+                                    input=step_input))
 
     if problems:
         raise ConfigError(problems + plugin_problems, source=str(run_file))
@@ -180,6 +193,21 @@ def plan_run(run_file: Path, host: PluginHost, *, output_dir: str | None = None)
     resolved_raw = dict(raw)
     resolved_raw["passes"] = resolved_passes
     return RunConfig(source=run_file, model=model, data=data, steps=steps, output=output, raw=resolved_raw)
+
+
+def _without_faulty_keys(options: dict[str, Any], cls: type, found: list[str], where: str) -> Any:
+    """The config structured without the top-level keys already reported as faulty, or None."""
+    faulty = set()
+    for problem in found:
+        rest = problem[len(where):]
+        if rest.startswith("."):
+            faulty.add(re.split(r"[.\[:]", rest[1:], maxsplit=1)[0])
+    if not faulty:
+        return None
+    try:
+        return structure_strict({k: v for k, v in options.items() if k not in faulty}, cls, where)
+    except ConfigError:
+        return None
 
 
 def _known_passes(host: PluginHost) -> list[str]:

@@ -115,9 +115,10 @@ dir = "out"
         "passes[0] (Echo).mesage: unknown key (did you mean 'message'?)",
         "passes[0] (Echo).scale: expected a number, got string 'big'",
         "passes[1].type: unknown pass type 'LoRAA'",
+        f"data.train.path: {workdir / 'missing.jsonl'} does not exist",
     ):
         assert expected in result.output, result.output
-    assert "7 problems" in result.output
+    assert "8 problems" in result.output
     assert not (workdir / "out").exists() and not (workdir / "runs").exists()
 
 
