@@ -294,3 +294,12 @@ def test_a_changed_data_file_or_data_config_reruns_the_step(run_toml, workdir):
     assert (workdir / "out" / "01-echo" / "lines.txt").read_text() == "2"
     changed = run_toml(text.replace('text_field = "text"', 'text_field = "text"\nmax_samples = 1'), workdir=workdir)
     assert changed.manifest["steps"][0]["status"] == "ok"
+
+
+def test_traceback_flag_shows_the_full_trace_of_an_expected_failure(run_toml, workdir):
+    text = RUN.replace('mode = "upper"', 'fail = "expected"')
+    plain = run_toml(text, workdir=workdir)
+    assert "Traceback" not in plain.output
+    full = run_toml(text, workdir=workdir, extra_args=("--traceback",))
+    assert full.exit_code == 1
+    assert "Traceback" in full.output and "hostkit_echo/plugin.py" in full.output and "runner.py" in full.output
