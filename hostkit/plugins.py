@@ -58,10 +58,34 @@ class PluginRecord:
 
 
 class HookCaller:
-    """The only place that calls ``pm.hook``: keyword arguments, all of them, always."""
+    """The only place that calls ``pm.hook``: keyword arguments, all of them, always.
+
+    Observer hooks are called one implementation at a time: an observer of a
+    third-party plugin that raises is reported as a warning naming the plugin
+    and the run goes on (a broken progress bar must not end a two-hour
+    training); the host's own observers (manifest, progress) still fail loudly.
+    """
 
     def __init__(self, pm: pluggy.PluginManager):
         self._hook = pm.hook
+        self.observer_errors: list[str] = []
+
+    def _notify(self, hook_name: str, /, **kwargs: Any) -> None:
+        caller = getattr(self._hook, hook_name)
+        impls = caller.get_hookimpls()
+        if any(impl.hookwrapper or impl.wrapper for impl in impls):
+            caller(**kwargs)  # wrappers need pluggy's own call loop
+            return
+        for impl in reversed(impls):  # pluggy's order: tryfirst and last registered first
+            try:
+                impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+            except Exception as exc:  # noqa: BLE001 - reported below
+                if impl.plugin_name.startswith("hostkit."):
+                    raise
+                message = f"plugin {impl.plugin_name!r}: {hook_name} failed: {type(exc).__name__}: {exc}"
+                if message not in self.observer_errors:
+                    self.observer_errors.append(message)
+                    print(f"warning: {message}", file=sys.stderr)
 
     def load_model(self, *, model: Any, context: Any) -> Any:
         return self._hook.hostkit_load_model(model=model, context=context)
@@ -73,25 +97,25 @@ class HookCaller:
         return self._hook.hostkit_export_model(exporter=exporter, config=config, model=model, context=context)
 
     def run_started(self, *, context: Any, steps: list) -> None:
-        self._hook.hostkit_run_started(context=context, steps=steps)
+        self._notify("hostkit_run_started", context=context, steps=steps)
 
     def step_started(self, *, context: Any) -> None:
-        self._hook.hostkit_step_started(context=context)
+        self._notify("hostkit_step_started", context=context)
 
     def step_finished(self, *, context: Any, record: Any) -> None:
-        self._hook.hostkit_step_finished(context=context, record=record)
+        self._notify("hostkit_step_finished", context=context, record=record)
 
     def step_failed(self, *, context: Any, error: BaseException) -> None:
-        self._hook.hostkit_step_failed(context=context, error=error)
+        self._notify("hostkit_step_failed", context=context, error=error)
 
     def metric(self, *, context: Any, name: str, value: Any, step: int | None) -> None:
-        self._hook.hostkit_metric(context=context, name=name, value=value, step=step)
+        self._notify("hostkit_metric", context=context, name=name, value=value, step=step)
 
     def progress(self, *, context: Any, message: str, current: int | None, total: int | None) -> None:
-        self._hook.hostkit_progress(context=context, message=message, current=current, total=total)
+        self._notify("hostkit_progress", context=context, message=message, current=current, total=total)
 
     def run_finished(self, *, context: Any, records: list, error: BaseException | None) -> None:
-        self._hook.hostkit_run_finished(context=context, records=records, error=error)
+        self._notify("hostkit_run_finished", context=context, records=records, error=error)
 
 
 def _env_list(name: str, env: dict[str, str]) -> set[str] | None:

@@ -234,6 +234,8 @@ class Runner:
             )
             if records and "final_model" not in context.manifest and error is None:
                 context.manifest["final_model"] = records[-1].output
+            if self.host.hooks.observer_errors:
+                context.manifest["observer_errors"] = list(self.host.hooks.observer_errors)
             self.host.hooks.run_finished(context=context, records=records, error=error)
         return records
 

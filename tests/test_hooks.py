@@ -104,3 +104,20 @@ def test_a_failing_step_is_reported_to_observers(plugin_host, run_toml, tmp_path
     result = run_toml(RUN.format(fail="true"), host=plugin_host)
     assert result.exit_code == 1
     assert recorder.events[-2:] == [("step_failed", "asked to fail"), ("run_finished", 1, False)]
+
+
+def test_a_failing_third_party_observer_is_a_warning_not_a_crash(plugin_host, run_toml, tmp_path):
+    (tmp_path / "m").mkdir()
+    register_plugin(plugin_host, Recorder(), "recorder")
+
+    class BrokenDisplay:
+        @hookimpl
+        def hostkit_step_finished(self, context, record):
+            raise ZeroDivisionError("the progress bar divided by zero")
+
+    register_plugin(plugin_host, BrokenDisplay(), "broken-display")
+    result = run_toml(RUN.format(fail="false"), host=plugin_host)
+    assert result.exit_code == 0, result.output
+    assert result.manifest["status"] == "ok"
+    assert result.manifest["observer_errors"] == [
+        "plugin 'broken-display': hostkit_step_finished failed: ZeroDivisionError: the progress bar divided by zero"]
