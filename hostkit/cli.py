@@ -68,10 +68,30 @@ def build_parser(host: PluginHost) -> argparse.ArgumentParser:
     p.add_argument("--dest", type=Path, default=Path("."), help="folder to create the package in")
 
     for spec in sorted(host.registry.commands.values(), key=lambda s: s.name):
-        p = sub.add_parser(spec.name, help=f"{spec.help} [{spec.plugin.describe() if spec.plugin else ''}]")
-        spec.configure(p)
+        # a plugin's command must never break --help or the other commands
+        try:
+            p = sub.add_parser(spec.name, help=f"{spec.help} [{spec.plugin.describe() if spec.plugin else ''}]")
+        except Exception as exc:  # noqa: BLE001 - e.g. a name clash argparse refuses
+            _command_broken(host, spec, exc)
+            continue
+        try:
+            spec.configure(p)
+        except Exception as exc:  # noqa: BLE001
+            sub._name_parser_map.pop(spec.name, None)
+            sub._choices_actions[:] = [a for a in sub._choices_actions if a.dest != spec.name]
+            _command_broken(host, spec, exc)
+            continue
         p.set_defaults(_plugin_command=spec)
     return parser
+
+
+def _command_broken(host: PluginHost, spec: Any, exc: BaseException) -> None:
+    record = host.records.get(spec.plugin.name) if spec.plugin else None
+    message = f"command {spec.name!r} cannot be set up: {type(exc).__name__}: {exc}"
+    if record is not None:
+        record.status = "broken"
+        record.error = f"plugin {record.name!r} ({record.describe()}): {message}"
+    print(f"warning: {record.error if record else message}", file=sys.stderr)
 
 
 def _workspace(args: argparse.Namespace) -> Workspace:

@@ -393,6 +393,10 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: is a folder, expected a TOML file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): TOML files are UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
 def resolve_path(value: str | None, base: Path) -> str | None:
@@ -437,14 +441,26 @@ def package_dir(value: str) -> str | None:
     return str(root / rest) if rest else str(root)
 
 
+def resolve_local(value: str, base: Path) -> str:
+    """A path that is always local: absolute, ``package:``, or relative to ``base``."""
+    if value.startswith(PACKAGE_SCHEME):
+        return package_dir(value) or value
+    return str((base / Path(value).expanduser()).resolve())
+
+
 def resolve_paths(obj: Any, base: Path) -> Any:
-    """Resolve every ``path=True`` field of an attrs instance against ``base``."""
+    """Resolve every ``path=True`` field of an attrs instance against ``base``.
+
+    Only fields marked ``hub=True`` (a model's ``path``) may hold a hub id;
+    every other path is local, whether it exists yet or not.
+    """
     changes = {}
     for field in attrs.fields(type(obj)):
         if is_path_field(field):
             value = getattr(obj, field.name)
             if isinstance(value, str):
-                changes[field.name] = resolve_path(value, base)
+                hub = (field.metadata or {}).get("hub")
+                changes[field.name] = resolve_path(value, base) if hub else resolve_local(value, base)
     return attrs.evolve(obj, **changes) if changes else obj
 
 

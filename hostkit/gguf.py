@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +42,19 @@ def convert_gguf(model: Any, context: Any = None) -> Any:
     key = stable_hash({"file": str(folder / name), "fp": fingerprint(folder / name), "task": model.task})
     target = cache_root() / "gguf" / f"{Path(name).stem}-{key[:12]}"
     if not (target / "config.json").exists():
-        if context is not None and context.is_main_process or context is None:
+        if context is None or context.is_main_process:
             _convert(folder, name, model, target, context)
-        if context is not None:
-            context.barrier()
+        else:
+            # under torchrun no process group exists yet at load time: wait for rank 0's folder
+            deadline = time.monotonic() + 3600
+            while not (target / "config.json").exists():
+                if time.monotonic() > deadline:
+                    raise PassError(f"model.gguf_file: rank 0 did not convert {name} within an hour")
+                time.sleep(0.5)
     return attrs.evolve(model, path=str(target), gguf_file=None, tokenizer_path=model.tokenizer_path or str(target))
 
 
 def _convert(folder: Path, name: str, model: Any, target: Path, context: Any) -> None:
-    import time
 
     import transformers
 

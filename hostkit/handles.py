@@ -19,7 +19,7 @@ from hostkit.options import one_of, option
 class HfModel:
     """A transformers model: a local folder or a hub id, plus an optional PEFT adapter."""
 
-    path: str = option(help="model folder, or a hub id where a hub is reachable", path=True)
+    path: str = option(help="model folder, or a hub id where a hub is reachable", path=True, hub=True)
     task: str = option("text-generation", help="text-generation or text-classification",
                        validator=one_of("text-generation", "text-classification"))
     adapter_path: str | None = option(None, help="a PEFT adapter folder to load on top of the model", path=True)

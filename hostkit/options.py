@@ -15,13 +15,15 @@ NOTHING = attrs.NOTHING
 
 
 def option(default: Any = NOTHING, *, help: str, factory: Callable[[], Any] | None = None,
-           validator: Any = None, path: bool = False) -> Any:
+           validator: Any = None, path: bool = False, hub: bool = False) -> Any:
     """An attrs field with a help line.
 
     ``path=True`` marks a field holding a file or folder: the host resolves it
     against the run file's folder and fingerprints it for the step cache.
+    ``hub=True`` (with ``path``) lets a value of the form ``org/name`` that is
+    not a local path stay a hub id.
     """
-    metadata = {"help": help, "path": path}
+    metadata = {"help": help, "path": path, "hub": hub}
     if factory is not None:
         return attrs.field(factory=factory, validator=validator, metadata=metadata)
     return attrs.field(default=default, validator=validator, metadata=metadata)

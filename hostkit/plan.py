@@ -15,7 +15,7 @@ import attrs
 
 from hostkit.config import (
     CheckContext, DataConfig, OutputConfig, RunConfig, StepConfig, collect, did_you_mean,
-    read_toml, resolve_path, resolve_paths, structure_strict,
+    read_toml, resolve_local, resolve_path, resolve_paths, structure_strict,
 )
 from hostkit.errors import ConfigError, PluginLoadError
 from hostkit.hardware import cuda_visible
@@ -88,11 +88,14 @@ def plan_run(run_file: Path, host: PluginHost, *, output_dir: str | None = None)
         if cfg is None:
             raw_path = table.get("path") if isinstance(table, dict) else None
             if isinstance(raw_path, str) and table.get("type") != "hub":
-                resolved_raw_path = resolve_path(raw_path, base)
-                if resolved_raw_path and not Path(resolved_raw_path).exists():
+                resolved_raw_path = resolve_local(raw_path, base)
+                if not Path(resolved_raw_path).exists():
                     problems.append(f"data.{name}.path: {resolved_raw_path} does not exist")
             continue
+        hub_name = cfg.path if cfg.type == "hub" else None
         cfg = resolve_paths(cfg, base)
+        if hub_name is not None:
+            cfg = attrs.evolve(cfg, path=hub_name)
         for field_name in ("path", "user_script"):
             value = getattr(cfg, field_name)
             if value and (cfg.type != "hub" or field_name != "path") and not Path(value).exists():
@@ -128,6 +131,8 @@ def plan_run(run_file: Path, host: PluginHost, *, output_dir: str | None = None)
         if not isinstance(type_name, str):
             problems.append(f"{where}.type: missing (one of {', '.join(_known_passes(host)) or 'no pass types installed'})")
             current_type = None
+            if isinstance(step_name, str):
+                types_by_name[step_name] = None
             continue
         spec = host.registry.find_pass(type_name)
         if spec is None:
@@ -165,6 +170,9 @@ def plan_run(run_file: Path, host: PluginHost, *, output_dir: str | None = None)
             # faulty keys left out, so that every problem is reported in one go
             config = _without_faulty_keys(options, spec.config_cls, problems[before:], where)
             if config is None:
+                if step_name:
+                    types_by_name[step_name] = None
+                current_type = None
                 continue
         config = resolve_paths(config, base)
         for field in attrs.fields(type(config)):
@@ -175,7 +183,12 @@ def plan_run(run_file: Path, host: PluginHost, *, output_dir: str | None = None)
                                 + did_you_mean(value, data_raw))
         problems += [f"{where}: {p}" for p in _requirement_problems(spec)]
         if spec.check is not None:
-            problems += [f"{where}.{p}" if not p.startswith(" ") else f"{where}:{p}" for p in spec.check(config, check_context)]
+            try:
+                found = spec.check(config, check_context)
+            except Exception as exc:  # noqa: BLE001 - a bug in the plugin, named as such
+                plugin = spec.plugin.describe() if spec.plugin else "its plugin"
+                found = [f" bug in the check of {plugin}: {type(exc).__name__}: {exc}"]
+            problems += [f"{where}.{p}" if not p.startswith(" ") else f"{where}:{p}" for p in found]
         if input_type is not None and spec.input_types and input_type not in spec.input_types:
             source = step_input or (f"passes[{index - 1}]" if index else "[model]")
             problems.append(f"{where}: takes {' or '.join(spec.input_types)}, but {source} gives {input_type}")
@@ -199,9 +212,10 @@ def _without_faulty_keys(options: dict[str, Any], cls: type, found: list[str], w
     """The config structured without the top-level keys already reported as faulty, or None."""
     faulty = set()
     for problem in found:
-        rest = problem[len(where):]
+        rest = problem[len(where):].split(": ", 1)[0]
         if rest.startswith("."):
-            faulty.add(re.split(r"[.\[:]", rest[1:], maxsplit=1)[0])
+            key = rest[1:]
+            faulty.add(key if key in options else re.split(r"[.\[]", key, maxsplit=1)[0])
     if not faulty:
         return None
     try:
@@ -220,7 +234,12 @@ def _unknown_pass_message(host: PluginHost, type_name: str) -> str:
     declared = host.workspace.provider_of(type_name)
     if declared is not None:
         name, _decl = declared
-        msg += f"; it is provided by plugin {name!r}, declared but not installed: {host.workspace.install_hint(name)}"
+        record = host.records.get(name)
+        if record is not None and record.status == "disabled":
+            msg += (f"; it is provided by plugin {name!r}, which is disabled (enabled = false in plugins.toml, "
+                    "or HOSTKIT_DISABLE_PLUGINS / HOSTKIT_LOAD_PLUGINS)")
+        else:
+            msg += f"; it is provided by plugin {name!r}, declared but not installed: {host.workspace.install_hint(name)}"
     msg += f" (installed: {', '.join(known) or 'none'})"
     return msg
 

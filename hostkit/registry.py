@@ -105,6 +105,9 @@ class CommandSpec:
     plugin: PluginInfo | None = None
 
 
+BUILTIN_COMMANDS = frozenset({"run", "validate", "plugins", "passes", "schema", "new-plugin"})
+
+
 class Registrar:
     """The ``register`` object a plugin's ``hostkit_register`` receives."""
 
@@ -125,6 +128,8 @@ class Registrar:
         self._registry.add_model_type(attrs.evolve(spec, plugin=self._plugin))
 
     def command(self, spec: CommandSpec) -> None:
+        if spec.name in BUILTIN_COMMANDS:
+            raise ValueError(f"command {spec.name!r} is one of hostkit's own commands")
         self._registry.add_command(attrs.evolve(spec, plugin=self._plugin))
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -73,6 +74,7 @@ class RunContext:
     stream: Any = None
     _failed_record: Any = None
     _progress_state: Any = None
+    _scratch: list = attrs.field(factory=list)
 
     @property
     def is_main_process(self) -> bool:
@@ -224,6 +226,8 @@ class Runner:
             error = exc
             raise
         finally:
+            for scratch in context._scratch:
+                shutil.rmtree(scratch, ignore_errors=True)
             failed = context._failed_record
             if failed is not None:
                 records.append(failed)
@@ -308,13 +312,21 @@ class Runner:
                 else:
                     shutil.rmtree(partial)
             partial.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(state, {"key": key, "type": step.type})
+            atomic_write_json(state, {"key": key, "type": step.type, "resuming": context.resuming})
         run.barrier()
         if not run.is_main_process:
-            # torch.distributed may start only inside the first training pass, so the
-            # barrier above can be a no-op: make sure the folder exists on every rank.
-            partial.mkdir(parents=True, exist_ok=True)
-            context.resuming = (partial / STEP_STATE).exists()
+            # rank 0 decides whether the step resumes; torch.distributed may start only inside
+            # the first training pass, so the barrier above can be a no-op: wait for its word
+            decision = _wait_for_rank0(partial / STEP_STATE, key, final)
+            if decision is None:
+                # no process group keeps the ranks together and rank 0 has already finished
+                # this step: run it in a scratch folder rather than re-creating the .partial one
+                scratch = Path(tempfile.mkdtemp(prefix=f"hostkit-rank{run.rank}-"))
+                run._scratch.append(scratch)
+                context.output_dir = partial = scratch
+            else:
+                context.resuming = decision
+                partial.mkdir(parents=True, exist_ok=True)
 
         self.host.hooks.step_started(context=context)
         reset_peak_rss()
@@ -365,6 +377,23 @@ class Runner:
 
     def _handle_types(self) -> dict[str, type]:
         return {spec.name: spec.cls for spec in self.host.registry.model_types.values()}
+
+
+def _wait_for_rank0(state: Path, key: str, final: Path, timeout_s: float = 600.0) -> bool | None:
+    """On a rank > 0: wait until rank 0 has prepared the step, and return its resume decision
+    (``None``: rank 0 has already completed the step)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            data = json.loads(state.read_text())
+            if data.get("key") == key:
+                return bool(data.get("resuming"))
+        except (OSError, ValueError):
+            pass
+        if final.is_dir() and not state.parent.exists():
+            return None
+        time.sleep(0.05)
+    raise PassError(f"rank 0 did not prepare {state.parent.name} within {timeout_s:.0f}s")
 
 
 def format_bug(exc: BaseException, limit: int = 6) -> str:

@@ -68,7 +68,10 @@ class Workspace:
             return cls()
         path = path.resolve()
         raw = read_toml(path)
-        parsed = structure_strict(raw, _PluginsFile, "")
+        try:
+            parsed = structure_strict(raw, _PluginsFile, "")
+        except ConfigError as exc:
+            raise ConfigError([p.lstrip(".") for p in exc.problems], source=str(path)) from None
         plugins = {}
         for name, decl in parsed.plugins.items():
             if decl.path:

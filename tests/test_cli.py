@@ -101,3 +101,24 @@ def test_schema_of_the_run_files_own_tables(tmp_path):
     assert '[model]\ntype = "HfModel"' in model.stdout and "trust_remote_code = false" in model.stdout
     table = run_hostkit(["schema", "output", "--markdown"], cwd=tmp_path).stdout
     assert table.startswith("| option |") and "`dir`" in table
+
+
+def test_unreadable_run_files_are_config_errors(tmp_path):
+    (tmp_path / "bad.toml").write_bytes(b'[model]\ntype = "HfModel"\npath = "mod\xffel"\n')
+    result = run_hostkit(["validate", "bad.toml"], cwd=tmp_path)
+    assert result.returncode == 2 and "not UTF-8" in result.stderr and "Traceback" not in result.stderr
+    (tmp_path / "afile").write_text("x")
+    result = run_hostkit(["validate", "afile/x.toml"], cwd=tmp_path)
+    assert result.returncode == 2 and "cannot read" in result.stderr
+
+
+def test_data_paths_are_relative_to_the_run_file_even_when_missing(tmp_path):
+    (tmp_path / "sub" / "m").mkdir(parents=True)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "t.jsonl").write_text('{"text": "a"}\n')  # next to the cwd, not the run file
+    (tmp_path / "sub" / "run.toml").write_text(
+        '[model]\ntype = "HfModel"\npath = "m"\n[data.train]\ntype = "jsonl"\npath = "data/t.jsonl"\n'
+        '[[passes]]\ntype = "Echo"\ntrain_data_config = "train"\n')
+    result = run_hostkit(["validate", "sub/run.toml"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"data.train.path: {tmp_path / 'sub' / 'data' / 't.jsonl'} does not exist" in result.stderr

@@ -121,3 +121,21 @@ def test_a_failing_third_party_observer_is_a_warning_not_a_crash(plugin_host, ru
     assert result.manifest["status"] == "ok"
     assert result.manifest["observer_errors"] == [
         "plugin 'broken-display': hostkit_step_finished failed: ZeroDivisionError: the progress bar divided by zero"]
+
+
+def test_a_crashing_check_is_reported_as_the_plugins_bug(plugin_host, run_toml, tmp_path):
+    (tmp_path / "m").mkdir()
+
+    def check(config, context):
+        raise KeyError("nope")
+
+    class Crashy:
+        @hookimpl
+        def hostkit_register(self, register):
+            register.pass_type(PassSpec(name="Crashy", config_cls=_Opts, summary="crashes in check", check=check))
+
+    register_plugin(plugin_host, Crashy(), "crashy", distribution="hostkit-crashy", version="9.9")
+    result = run_toml('[model]\ntype = "HfModel"\npath = "m"\n[[passes]]\ntype = "Crashy"\n', host=plugin_host,
+                      command="validate")
+    assert result.exit_code == 2
+    assert "passes[0] (Crashy): bug in the check of hostkit-crashy 9.9: KeyError: 'nope'" in result.output

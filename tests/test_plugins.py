@@ -152,3 +152,49 @@ def test_declared_but_not_installed(tmp_path):
     record = host.records["ghost"]
     assert record.status == "not installed" and record.declared
     assert "pip install" in record.error
+
+
+CLASHING_COMMAND = """
+from hostkit import CommandSpec, hookimpl
+
+@hookimpl
+def hostkit_register(register):
+    register.command(CommandSpec(name="run", help="mine", configure=lambda p: None, run=lambda a: 0))
+"""
+
+BAD_CONFIGURE = """
+from hostkit import CommandSpec, hookimpl
+
+def configure(parser):
+    raise ZeroDivisionError("configure failed")
+
+@hookimpl
+def hostkit_register(register):
+    register.command(CommandSpec(name="oops", help="mine", configure=configure, run=lambda a: 0))
+"""
+
+
+def test_a_plugin_command_never_breaks_help(tmp_path):
+    for name, source, error in (("clash", CLASHING_COMMAND, "one of hostkit's own commands"),
+                                ("oops", BAD_CONFIGURE, "configure failed")):
+        site = make_fake_distribution(tmp_path / f"site-{name}", dist=f"hostkit-{name}", version="0.1",
+                                      module=f"hostkit_{name}", entry_name=name, source=source)
+        assert run_hostkit(["--help"], cwd=tmp_path, site=site).returncode == 0
+        listed = run_hostkit(["plugins", "--json"], cwd=tmp_path, site=site)
+        record = {r["name"]: r for r in json.loads(listed.stdout)}[name]
+        assert record["status"] == "broken" and error in record["error"]
+
+
+def test_plugins_toml_errors_name_the_file(tmp_path):
+    (tmp_path / "plugins.toml").write_text("[plugins.lora]\npath = 'x'\nenabeld = true\n")
+    result = run_hostkit(["plugins"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"{tmp_path / 'plugins.toml'}: plugins.lora.enabeld: unknown key (did you mean 'enabled'?)" in result.stderr
+
+
+def test_a_disabled_provider_is_named_as_disabled(tmp_path):
+    (tmp_path / "plugins.toml").write_text("[plugins.echo]\nrequirement = 'hostkit-echo'\nprovides = ['Echo']\nenabled = false\n")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "run.toml").write_text('[model]\ntype = "HfModel"\npath = "m"\n[[passes]]\ntype = "Echo"\n')
+    result = run_hostkit(["validate", "run.toml"], cwd=tmp_path)
+    assert result.returncode == 2 and "plugin 'echo', which is disabled" in result.stderr

@@ -226,11 +226,15 @@ def test_ctrl_c_stops_cleanly_and_keeps_completed_steps(workdir):
 
 def test_only_rank_zero_writes_under_torchrun(workdir):
     (workdir / "run.toml").write_text(RUN)
-    result = run_hostkit(["run", "run.toml"], cwd=workdir, env={"RANK": "1", "WORLD_SIZE": "2"})
-    assert result.returncode == 0, result.stderr
+    env = dict(os.environ, WORLD_SIZE="2")
+    rank1 = subprocess.Popen([sys.executable, "-m", "hostkit", "run", "run.toml"], cwd=workdir,
+                             env=dict(env, RANK="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rank0 = run_hostkit(["run", "run.toml"], cwd=workdir, env={"RANK": "0", "WORLD_SIZE": "2"})
+    _, errors1 = rank1.communicate(timeout=120)
+    assert rank0.returncode == 0 and rank1.returncode == 0, rank0.stderr + errors1
+    assert "[1/2]" not in errors1 and "[1/2] Echo ... done" in rank0.stderr  # progress is rank 0's job
     out = workdir / "out"
-    assert not (out / "manifest.json").exists() and not (out / "01-echo").exists()
-    assert "[1/2]" not in result.stderr  # progress is rank 0's job
+    assert sorted(p.name for p in out.iterdir()) == ["01-echo", "02-echo", "manifest.json"]
 
 
 def test_relative_paths_resolve_against_the_run_file(workdir, tmp_path_factory):
@@ -303,3 +307,24 @@ def test_traceback_flag_shows_the_full_trace_of_an_expected_failure(run_toml, wo
     full = run_toml(text, workdir=workdir, extra_args=("--traceback",))
     assert full.exit_code == 1
     assert "Traceback" in full.output and "hostkit_echo/plugin.py" in full.output and "runner.py" in full.output
+
+
+def test_a_non_main_rank_takes_rank_zeros_resume_decision(workdir):
+    """A stale .partial of another config: rank 0 starts afresh, and rank 1 must not 'resume' from it."""
+    out = workdir / "out"
+    stale = out / ".01-echo.partial"
+    (stale / "checkpoint-5").mkdir(parents=True)
+    (stale / ".hostkit-step.json").write_text('{"key": "some-other-config"}')
+    (workdir / "run.toml").write_text(RUN)
+    # rank 1 is started first and must wait for rank 0's decision
+    env = dict(os.environ, WORLD_SIZE="2")
+    rank1 = subprocess.Popen([sys.executable, "-m", "hostkit", "run", "run.toml"], cwd=workdir,
+                             env=dict(env, RANK="1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(1.0)
+    rank0 = subprocess.run([sys.executable, "-m", "hostkit", "run", "run.toml"], cwd=workdir,
+                           env=dict(env, RANK="0"), capture_output=True, text=True)
+    output1, _ = rank1.communicate(timeout=120)
+    assert rank0.returncode == 0 and rank1.returncode == 0, rank0.stderr + output1
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [s["resumed"] for s in manifest["steps"]] == [False, False]
+    assert not (out / "01-echo" / "checkpoint-5").exists()
