@@ -45,29 +45,12 @@ def timed(fn, n: int) -> float:
 
 def export_base(base_dir: Path, out: Path) -> Path:
     """The base model in ONNX, no LoRA nodes (for the 'no adapter at all' row)."""
-    import warnings
-
-    import torch
     from transformers import AutoModelForCausalLM
 
+    from hostkit_extract_adapters.testing import export_logits_graph
+
     model = AutoModelForCausalLM.from_pretrained(base_dir, attn_implementation="eager").eval()
-
-    class Logits(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids, attention_mask):
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-
-    ids = torch.tensor([[1, 5, 9, 33, 2, 7]])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Logits(model), (ids, torch.ones_like(ids)), str(out), dynamo=False, opset_version=17,
-                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
-                          dynamic_axes={n: {0: "batch", 1: "sequence"} for n in ("input_ids", "attention_mask", "logits")})
-    return out
+    return export_logits_graph(model, out, constant_folding=True)
 
 
 def session_options():

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from hostkit import __version__
-from hostkit.errors import EXIT_CONFIG, EXIT_OK, EXIT_PASS_FAILED, EXIT_PLUGIN, ConfigError, HostkitError
+from hostkit.errors import EXIT_CONFIG, EXIT_OK, EXIT_PASS_FAILED, ConfigError, HostkitError
 from hostkit.plugins import PluginHost
 from hostkit.workspace import Workspace
 

@@ -15,7 +15,7 @@ import attrs
 
 from hostkit.config import (
     CheckContext, DataConfig, OutputConfig, RunConfig, StepConfig, collect, did_you_mean,
-    read_toml, resolve_local, resolve_path, resolve_paths, structure_strict,
+    read_toml, resolve_local, resolve_paths, structure_strict,
 )
 from hostkit.errors import ConfigError, PluginLoadError
 from hostkit.hardware import cuda_visible

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 from importlib import metadata
-from typing import Any, Iterable
+from typing import Any
 
 import attrs
 import pluggy
@@ -286,11 +286,6 @@ def _compatibility_warning(dist: Any) -> str | None:
             if not req.specifier.contains(_host_version(), prereleases=True):
                 return f"declares hostkit-core{req.specifier}, this is hostkit-core {_host_version()}"
     return None
-
-
-def loaded_modules(names: Iterable[str]) -> list[str]:
-    """Which of ``names`` are imported in this process (for the no-heavy-import checks)."""
-    return [n for n in names if n in sys.modules]
 
 
 HEAVY_MODULES = ("torch", "transformers", "peft", "bitsandbytes", "onnxruntime", "datasets", "onnx")

@@ -169,6 +169,10 @@ class Registry:
     def find_model_type(self, name: str) -> ModelTypeSpec | None:
         return self.model_types.get(name.casefold())
 
+    def handle_types(self) -> dict[str, type]:
+        """JSON tag -> handle class, for :func:`hostkit.handles.from_json`."""
+        return {spec.name: spec.cls for spec in self.model_types.values()}
+
     def model_type_of(self, handle: Any) -> ModelTypeSpec | None:
         for spec in self.model_types.values():
             if type(handle) is spec.cls:

@@ -286,7 +286,7 @@ class Runner:
         cached = previous_steps.get(key)
         if cached is not None and final.is_dir() and cached.get("output"):
             try:
-                output = handles.from_json(cached["output"], self._handle_types())
+                output = handles.from_json(cached["output"], self.host.registry.handle_types())
             except Exception:  # noqa: BLE001 - an unreadable entry just disables the cache
                 output = None
             if output is not None and all(Path(p).exists() for p in handles.path_fields(output).values()
@@ -374,9 +374,6 @@ class Runner:
         if run.is_main_process:
             record.content_hash = content_hash(final)
         return record, output, context
-
-    def _handle_types(self) -> dict[str, type]:
-        return {spec.name: spec.cls for spec in self.host.registry.model_types.values()}
 
 
 def _wait_for_rank0(state: Path, key: str, final: Path, timeout_s: float = 600.0) -> bool | None:

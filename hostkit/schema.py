@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import typing
 from typing import Any
 
 import attrs
@@ -40,8 +39,7 @@ def table_template(cls: type, header: str, title: str) -> str:
 
 
 def _fields(cls: type, lines: list[str]) -> str:
-    spec = type("_Spec", (), {"config_cls": cls})
-    for field, (name, type_name, default, help_text) in zip(attrs.fields(spec.config_cls), field_summary(spec.config_cls)):
+    for field, (name, type_name, default, help_text) in zip(attrs.fields(cls), field_summary(cls)):
         lines.append("")
         if help_text:
             lines.append(f"# {help_text}")

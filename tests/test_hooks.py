@@ -2,7 +2,7 @@
 
 import attrs
 
-from hostkit import HfModel, ModelTypeSpec, PassError, PassSpec, hookimpl, option
+from hostkit import ModelTypeSpec, PassError, PassSpec, hookimpl, option
 from hostkit.testing import register_plugin
 
 

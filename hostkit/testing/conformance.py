@@ -126,9 +126,4 @@ class PassConformance:
         manifest = result.manifest
         assert manifest and manifest["status"] == "ok"
         out = manifest["steps"][-1]["output"]
-        assert handles.to_json(handles.from_json(json.loads(json.dumps(out)), _types())) == out
-
-
-def _types() -> dict[str, type]:
-    host = PluginHost.isolated()
-    return {spec.name: spec.cls for spec in host.registry.model_types.values()}
+        assert handles.to_json(handles.from_json(json.loads(json.dumps(out)), self._host().registry.handle_types())) == out

@@ -80,3 +80,27 @@ def build_llama_100m(path: str | Path, seed: int = 0) -> Path:
     """A ~100M-parameter Llama-shaped model with random weights (benchmarks)."""
     return build_tiny_llama(path, hidden_size=768, layers=12, heads=12, kv_heads=12, intermediate_size=2048,
                             vocab_size=8000, seed=seed)
+
+
+def make_lora_adapter(base_dir: str | Path, out: str | Path, *, seed: int = 0, **lora_kwargs) -> Path:
+    """Save a PEFT LoRA adapter for the causal LM in ``base_dir`` to ``out``, without training.
+
+    peft initialises lora_B to zero (an adapter that changes nothing); here B ~ N(0, 0.05),
+    seeded, so the adapter visibly changes the logits. ``lora_kwargs`` go to ``LoraConfig``
+    (default: r=4, alpha=8 on q_proj, v_proj and up_proj).
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "up_proj"], "task_type": "CAUSAL_LM"}
+    kwargs.update(lora_kwargs)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(**kwargs))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
+    model.save_pretrained(out)
+    return Path(out)

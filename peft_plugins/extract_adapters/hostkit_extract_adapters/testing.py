@@ -67,6 +67,32 @@ def peft_greedy(base_dir: Path, adapter_dir: Path | None, prompt_ids: list[int],
     return ids[len(prompt_ids):]
 
 
+def export_logits_graph(model: Any, out_path: Path, *, constant_folding: bool) -> Path:
+    """A causal LM to ONNX with torch's legacy exporter: input_ids, attention_mask -> logits,
+    dynamic batch and sequence (opset 17). Without constant folding, LoRA weights keep their names."""
+    import warnings
+
+    import torch
+
+    class Logits(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    ids = torch.tensor([[1, 5, 9, 33, 2, 7]])
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Logits(model), (ids, torch.ones_like(ids)), str(out_path), dynamo=False,
+                          do_constant_folding=constant_folding, opset_version=17,
+                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                          dynamic_axes={n: {0: "batch", 1: "sequence"} for n in ("input_ids", "attention_mask", "logits")})
+    return out_path
+
+
 def export_peft_llama(base_dir: Path, adapter_dir: Path, out_path: Path) -> Path:
     """Stand-in for OnnxConversion: an unmerged PEFT Llama in ONNX with the LoRA weights as named initializers.
 
@@ -74,7 +100,6 @@ def export_peft_llama(base_dir: Path, adapter_dir: Path, out_path: Path) -> Path
     exporter keeps PEFT's names and layout behind a Transpose, which
     ExtractAdapters brings into the contract.
     """
-    import torch
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
     from transformers import AutoModelForCausalLM
@@ -89,26 +114,7 @@ def export_peft_llama(base_dir: Path, adapter_dir: Path, out_path: Path) -> Path
             for name in module.active_adapters:
                 module.lora_B[name].weight.data *= module.scaling[name]
                 module.scaling[name] = 1.0
-    base = model.get_base_model()
-
-    class Logits(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids, attention_mask):
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-
-    ids = torch.tensor([[1, 5, 9, 33, 2, 7]])
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Logits(base), (ids, torch.ones_like(ids)), str(out_path), dynamo=False,
-                          do_constant_folding=False, opset_version=17,
-                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
-                          dynamic_axes={n: {0: "batch", 1: "sequence"} for n in ("input_ids", "attention_mask", "logits")})
+    export_logits_graph(model.get_base_model(), out_path, constant_folding=False)
     import onnx
 
     proto = onnx.load(str(out_path))

@@ -59,7 +59,7 @@ class ToyModel:
               base_model: str | None = None) -> Path:
         """The graph with ``adapter`` as named initializers (contract layout, or PEFT's behind Transpose)."""
         import onnx
-        from onnx import TensorProto, helper, numpy_helper
+        from onnx import helper, numpy_helper
 
         elem = helper.np_dtype_to_tensor_dtype(np.dtype(self.dtype))
         nodes, inits = [], []

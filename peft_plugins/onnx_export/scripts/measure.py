@@ -3,12 +3,11 @@
 Run from the repository root: ``.venv/bin/python peft_plugins/onnx_export/scripts/measure.py [WORKDIR]``
 (needs hostkit-merge-adapters, hostkit-onnx-export, bitsandbytes and onnxruntime installed).
 """
-import sys, time, json, importlib.util
+import sys, time, json
 from pathlib import Path
 import torch
-spec = importlib.util.spec_from_file_location("c", "peft_plugins/onnx_export/tests/conftest.py"); c = importlib.util.module_from_spec(spec); spec.loader.exec_module(c)
 from hostkit import HfModel
-from hostkit.testing.tiny import build_tiny_llama
+from hostkit.testing.tiny import build_tiny_llama, make_lora_adapter
 from hostkit_merge_adapters.merge import merge_adapter
 from hostkit_merge_adapters.config import MergeAdapterWeightsConfig
 from hostkit_onnx_export.export import export_onnx
@@ -19,7 +18,7 @@ import onnxruntime as ort
 W = Path(sys.argv[1] if len(sys.argv) > 1 else "measure-work"); W.mkdir(parents=True, exist_ok=True); base = W / "tiny"
 if not base.exists(): build_tiny_llama(base)
 ad = W / "ad"
-if not ad.exists(): c._make_adapter(base, ad, rank_pattern={"v_proj": 2}, alpha_pattern={"up_proj": 4})
+if not ad.exists(): make_lora_adapter(base, ad, rank_pattern={"v_proj": 2}, alpha_pattern={"up_proj": 4})
 g = torch.Generator().manual_seed(7); ids = torch.randint(3, 500, (2, 9), generator=g); mask = torch.ones_like(ids); mask[1, 6:] = 0
 pos = (mask.cumsum(-1) - 1).clamp(min=0); mk = mask.bool()
 def logits(m): 
