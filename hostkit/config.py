@@ -47,7 +47,11 @@ def _type_name(tp: Any) -> str:
     if origin is Literal:
         return " or ".join(repr(a) for a in typing.get_args(tp))
     if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+        # typing caches unions, so `str | list[str]` may come back as `list[str] | str` when another
+        # module built that first: name scalars before containers, for a message that does not vary
+        members = sorted((a for a in typing.get_args(tp) if a is not type(None)),
+                         key=lambda a: typing.get_origin(a) is not None or attrs.has(a))
+        return " or ".join(_type_name(a) for a in members)
     if origin in (list, tuple):
         args = typing.get_args(tp)
         return f"a list of {_plural(args[0])}" if args else "a list"
