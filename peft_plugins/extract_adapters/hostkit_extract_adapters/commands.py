@@ -99,6 +99,8 @@ def configure_infer(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-partial", action="store_true",
                         help="accept adapters that cover only some of the model's adapter weights")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--traceback", action="store_true",
+                        help="when onnxruntime fails, show its full trace above the error line")
 
 
 def _adapter_args(values: list[str]) -> list[tuple[str, Path]]:

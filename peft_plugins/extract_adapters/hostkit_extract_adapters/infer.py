@@ -23,6 +23,12 @@ How an adapter reaches the graph:
   initializers only when a session is created, so each adapter gets its own
   session (created on first use, then cached); every session holds its own
   copy of the base weights.
+
+When onnxruntime itself fails (a session it cannot create, an adapter file it
+cannot load, a node that fails at run time) the error is an
+:class:`InferenceError`: one line naming the model, the adapter and the step,
+with onnxruntime's exception kept as ``cause`` (``hostkit --traceback infer``
+prints its trace).
 """
 
 from __future__ import annotations
@@ -34,7 +40,49 @@ from typing import Any, Iterable, Mapping, Sequence
 import attrs
 import numpy as np
 
+from hostkit.errors import PassError
 from hostkit_extract_adapters.signature import AdapterMismatch, ModelSignature, read_signature, signature_from_metadata
+
+
+#: the step of a failure that happened while onnxruntime created a session
+SESSION_STEP = "creating the onnxruntime session"
+
+
+class InferenceError(PassError):
+    """onnxruntime failed on a model: which model, which adapter (None: the base model), which step.
+
+    ``cause`` is onnxruntime's own exception; the message is one line.
+    """
+
+    def __init__(self, cause: BaseException, *, model: str, adapter: str | tuple[str, ...] | None, step: str):
+        self.cause = cause
+        self.model = model
+        self.adapter = adapter
+        self.step = step
+        super().__init__(f"{model} with {_adapter_label(adapter)}, {step}: onnxruntime failed: {_ort_message(cause)}")
+
+
+def _adapter_label(adapter: str | tuple[str, ...] | None) -> str:
+    if adapter is None:
+        return "no adapter"
+    if isinstance(adapter, str):
+        return f"adapter {adapter!r}"
+    return "adapters " + ", ".join(map(repr, adapter))
+
+
+def _ort_message(exc: BaseException, limit: int = 600) -> str:
+    """onnxruntime's message on one line, without its ``[ONNXRuntimeError] : 2 :`` prefix."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if text.startswith("[ONNXRuntimeError]"):
+        parts = [p.strip() for p in text.split(" : ", 3)]
+        if len(parts) == 4:  # "[ONNXRuntimeError]", code, code name, message
+            text = f"{parts[2]}: {parts[3]}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_ort_error(exc: BaseException) -> bool:
+    """Raised by onnxruntime (its C++ status codes arrive as ``onnxruntime.capi...`` exception types)."""
+    return type(exc).__module__.startswith("onnxruntime")
 
 
 @attrs.define
@@ -81,16 +129,20 @@ class AdapterSession:
         self._sessions: dict[tuple[str, ...], Any] = {}
         self._session = None
         signature = None
+        failure: BaseException | None = None
         try:  # a graph without external initializers opens directly; its metadata holds the signature
             self._session = self._new_session({})
+        except Exception as exc:  # noqa: BLE001 - external adapter initializers: read the graph instead
+            failure = exc
+        if self._session is not None:
             metadata = self._session.get_modelmeta().custom_metadata_map
             signature = signature_from_metadata(metadata, source=str(self.model_path))
-        except Exception:  # noqa: BLE001 - external adapter initializers: read the graph instead
-            self._session = None
         self.signature: ModelSignature = signature or read_signature(self.model_path)
-        self._base_feed = self._ort_values(self.signature.complete({}))
         if self.signature.mode == "external":
             self._session = None
+        elif self._session is None and failure is not None:
+            raise InferenceError(failure, model=str(self.model_path), adapter=None, step=SESSION_STEP) from failure
+        self._base_feed = self._ort_values(self.signature.complete({}))
 
     # -- sessions ----------------------------------------------------------------
 
@@ -101,7 +153,9 @@ class AdapterSession:
         if given is not None:
             return given
         options = self._ort.SessionOptions()
-        options.log_severity_level = 3  # "initializer appears in graph inputs" is the design here
+        # warnings ("initializer appears in graph inputs") are the design here, and onnxruntime's own
+        # error lines repeat what InferenceError says in one line
+        options.log_severity_level = 4
         return options
 
     def _new_session(self, external: Mapping[str, np.ndarray]) -> Any:
@@ -127,7 +181,12 @@ class AdapterSession:
             arrays: dict[str, np.ndarray] = {}
             for name in key:
                 arrays.update(self.adapters[name].arrays)
-            self._sessions[key] = self._new_session(self.signature.complete(arrays))
+            try:
+                self._sessions[key] = self._new_session(self.signature.complete(arrays))
+            except Exception as exc:
+                if not _is_ort_error(exc):
+                    raise
+                raise InferenceError(exc, model=str(self.model_path), adapter=_one(key), step=SESSION_STEP) from exc
         return self._sessions[key]
 
     # -- adapters ----------------------------------------------------------------
@@ -173,7 +232,13 @@ class AdapterSession:
             # an active LoraAdapter would supply: adapters run through RunOptions on optional inputs only
             if fmt == "onnx_adapter" and unchanged and self.signature.optional:
                 lora = self._ort.LoraAdapter()
-                lora.Load(str(file_path))
+                try:
+                    lora.Load(str(file_path))
+                except Exception as exc:
+                    if not _is_ort_error(exc):
+                        raise
+                    raise InferenceError(exc, model=str(self.model_path), adapter=name,
+                                         step=f"loading {file_path}") from exc
                 options = self._ort.RunOptions()
                 options.add_active_adapter(lora)
                 adapter.lora_adapter, adapter.run_options = lora, options
@@ -207,8 +272,11 @@ class AdapterSession:
     # -- running ---------------------------------------------------------------
 
     def run(self, inputs: Mapping[str, Any], adapter: str | Sequence[str] | None = None,
-            output_names: Sequence[str] | None = None) -> list[np.ndarray]:
-        """Run the model with ``adapter`` (a loaded name, several names with disjoint weights, or None)."""
+            output_names: Sequence[str] | None = None, *, step: str = "run") -> list[np.ndarray]:
+        """Run the model with ``adapter`` (a loaded name, several names with disjoint weights, or None).
+
+        An onnxruntime failure raises :class:`InferenceError` naming ``step``.
+        """
         names = self._names(adapter)
         session = self.session_for(names)
         feed = dict(inputs)
@@ -225,7 +293,12 @@ class AdapterSession:
                 for name in names:
                     arrays.update(self.adapters[name].arrays)
                 feed.update(self._ort_values(self.signature.complete(arrays)))
-        return session.run(list(output_names) if output_names else None, feed, run_options)
+        try:
+            return session.run(list(output_names) if output_names else None, feed, run_options)
+        except Exception as exc:
+            if not _is_ort_error(exc):
+                raise
+            raise InferenceError(exc, model=str(self.model_path), adapter=_one(names), step=step) from exc
 
     # -- text generation -----------------------------------------------------------
 
@@ -290,8 +363,10 @@ class AdapterSession:
         outputs = ["logits", *pairs.values()]
         feed = self._text_inputs(session, ids)
         new: list[int] = []
-        for _ in range(max_new_tokens):
-            results = self.run(feed, adapter=adapter, output_names=outputs)
+        for index in range(max_new_tokens):
+            step = (f"prefill ({len(ids)} prompt tokens)" if index == 0
+                    else f"decoding token {index + 1} of {max_new_tokens}")
+            results = self.run(feed, adapter=adapter, output_names=outputs, step=step)
             token = int(np.argmax(results[0][0, -1]))
             ids.append(token)
             new.append(token)
@@ -316,3 +391,10 @@ class AdapterSession:
         new = self.generate_ids(ids, adapter=adapter, max_new_tokens=max_new_tokens,
                                 eos_token_id=tokenizer.eos_token_id)
         return tokenizer.decode(new, skip_special_tokens=True)
+
+
+def _one(names: tuple[str, ...]) -> str | tuple[str, ...] | None:
+    """How an error names the adapters of a call: None, one name, or the names."""
+    if not names:
+        return None
+    return names[0] if len(names) == 1 else names
