@@ -64,8 +64,13 @@ def quantization_config(handle: Any) -> Any:
     return BitsAndBytesConfig(**quant)
 
 
-def load_quantized_base(handle: Any) -> Any:
-    """The base loaded the way the handle says (4-bit or 8-bit through bitsandbytes), on CPU."""
+def load_quantized_base(handle: Any, *, exact_forward: bool = True) -> Any:
+    """The base loaded the way the handle says (4-bit or 8-bit through bitsandbytes), on CPU.
+
+    ``exact_forward`` (the default) keeps every 4-bit layer on the dequantize-then-matmul path
+    (:func:`exact_4bit_forward`), so the model computes what QLoRA trained against on any CPU;
+    ``False`` leaves bitsandbytes' choice of kernel for this machine (see :func:`quantized_kernel_deviation`).
+    """
     config = quantization_config(handle)
     if config is None:
         raise PassError(f"the model at {handle.path} has no bitsandbytes quantization settings")
@@ -78,8 +83,86 @@ def load_quantized_base(handle: Any) -> Any:
     dtype = torch_dtype(handle.torch_dtype)
     kwargs = from_pretrained_kwargs(handle, dtype)
     device_map = "cuda:0" if torch.cuda.is_available() else "cpu"
-    return model_class(handle.task).from_pretrained(handle.path, quantization_config=config,
-                                                    device_map=device_map, **kwargs)
+    model = model_class(handle.task).from_pretrained(handle.path, quantization_config=config,
+                                                     device_map=device_map, **kwargs)
+    if exact_forward:
+        exact_4bit_forward(model)
+    return model
+
+
+def exact_4bit_forward(model: Any) -> int:
+    """Keep every bitsandbytes 4-bit layer of ``model`` computing ``x @ dequantize_4bit(W).T``.
+
+    On a CPU with AVX512-BF16, bitsandbytes (>= 0.49) repacks a ``Linear4bit`` weight at its
+    first inference-mode forward (eval, no grad) and from then on computes it with a fused bf16
+    kernel: input and block scales cast to bfloat16, about 1e-3 of the logits' scale away from the
+    dequantized float product, and the layer stays packed for later training forwards too. On
+    other CPUs (AVX2) and in training mode every forward dequantizes the weight and multiplies in
+    the compute dtype. Turning the repacking off (and undoing it where it already happened) makes
+    the 4-bit model compute the same thing on every CPU, in training and in evaluation, which is
+    what a merge over the dequantized weights reproduces. Call it before the first forward: the
+    repacking stores the block scales in bfloat16, so undoing it gives back weights within bf16
+    rounding of the original, not the original. Returns the number of layers changed.
+    """
+    import bitsandbytes as bnb
+
+    changed = 0
+    for module in model.modules():
+        if not isinstance(module, bnb.nn.Linear4bit):
+            continue
+        _unpack_cpu_4bit(module)
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            changed += 1
+        module.support_avx512bf16_for_cpu = False
+    return changed
+
+
+def _unpack_cpu_4bit(module: Any) -> None:
+    """Undo bitsandbytes' CPU repacking of a Linear4bit weight (a no-op when it is not packed)."""
+    state = getattr(module.weight, "quant_state", None)
+    if state is not None and getattr(state, "packing_format_for_cpu", False):
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+        module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+            module.weight.data, state)
+
+
+def default_quantized_kernel(quantized: Any) -> str:
+    """Which forward bitsandbytes picks for the quantized layers of ``quantized`` in inference mode here."""
+    import bitsandbytes as bnb
+
+    layers = [m for m in quantized.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    if not layers:
+        return "LLM.int8 (int8 activations)"
+    compute = str(layers[0].compute_dtype or torch.float32).removeprefix("torch.")
+    if torch.cuda.is_available():
+        return f"cuda 4-bit, {compute} compute"
+    from bitsandbytes.functional import has_avx512bf16
+
+    if has_avx512bf16():
+        return "cpu 4-bit repacked, bfloat16 compute (avx512_bf16)"
+    return f"cpu 4-bit dequantize + matmul, {compute} compute"
+
+
+@torch.no_grad()
+def quantized_kernel_deviation(quantized: Any, reference: Any) -> dict[str, Any]:
+    """How far this machine's quantized forward is from the dequantized float model.
+
+    Runs a fixed probe batch through ``quantized`` (loaded with ``exact_forward=False``, so
+    bitsandbytes uses the kernel it picks here) and through ``reference`` (float weights =
+    the dequantized ones); the figure is max |delta logits| absolute and relative to the
+    reference logits' largest magnitude. It changes nothing that is saved: it says how much
+    an evaluation with the machine's own 4-bit kernel can differ from the exported model.
+    """
+    vocab = int(reference.get_input_embeddings().weight.shape[0])
+    ids = torch.randint(0, vocab, (2, 16), generator=torch.Generator().manual_seed(0))
+    device = next(quantized.parameters()).device
+    quantized.eval()
+    got = quantized(input_ids=ids.to(device)).logits.float().cpu()
+    expected = reference.eval()(input_ids=ids).logits.float()
+    max_abs = (got - expected).abs().max().item()
+    scale = expected.abs().max().item() or 1.0
+    return {"kernel": default_quantized_kernel(quantized), "max_abs": max_abs, "relative": max_abs / scale}
 
 
 def dequantize_linear_weights(quantized: Any) -> dict[str, torch.Tensor]:
@@ -94,6 +177,7 @@ def dequantize_linear_weights(quantized: Any) -> dict[str, torch.Tensor]:
     weights = {}
     for name, module in quantized.named_modules():
         if isinstance(module, bnb.nn.Linear4bit):
+            _unpack_cpu_4bit(module)
             w = module.weight
             weights[name] = bnb.functional.dequantize_4bit(w.data, w.quant_state).to(torch.float32).cpu()
         elif isinstance(module, bnb.nn.Linear8bitLt):
@@ -119,9 +203,8 @@ def load_base(handle: Any, *, dtype: str = "float32") -> tuple[Any, dict[str, An
     model = model_class(handle.task).from_pretrained(handle.path, **from_pretrained_kwargs(handle, load_dtype))
     facts: dict[str, Any] = {"dequantized": False}
     if quantization_config(handle) is not None:
-        quantized = load_quantized_base(handle)
+        quantized = load_quantized_base(handle, exact_forward=False)
         weights = dequantize_linear_weights(quantized)
-        del quantized
         if not weights:
             raise PassError(f"the base at {handle.path} was loaded with {handle.quantization} "
                             "but no bitsandbytes linear layer was found")
@@ -132,8 +215,11 @@ def load_base(handle: Any, *, dtype: str = "float32") -> tuple[Any, dict[str, An
                     raise PassError(f"dequantized {name}.weight has shape {tuple(weight.shape)}, "
                                     f"the float base has {tuple(module.weight.shape)}")
                 module.weight.copy_(weight)
+        deviation = quantized_kernel_deviation(quantized, model)
+        del quantized
         facts = {"dequantized": True, "dequantized_modules": len(weights),
-                 "quantization": {k: v for k, v in dict(handle.quantization).items()}}
+                 "quantization": {k: v for k, v in dict(handle.quantization).items()},
+                 "quantized_kernel_deviation": deviation}
         model = model.to(target)
     model.eval()
     return model, facts

@@ -90,26 +90,29 @@ def test_merge_writes_requested_dtype(tiny_llama, tiny_adapter, tmp_path):
 
 
 def test_qlora_base_is_dequantized_before_merge(tiny_llama, tiny_adapter, run_toml, batch, nf4):
-    """A 4-bit nf4 base: the merged float model equals the PEFT model over the 4-bit base."""
+    """A 4-bit nf4 base: the merged float model equals the PEFT model over the dequantized 4-bit base.
+
+    The reference is built explicitly (float32 layers holding ``dequantize_4bit`` of the stored weights),
+    not taken from the 4-bit model's forward, whose kernel differs between CPUs."""
     pytest.importorskip("bitsandbytes")
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
+
+    from hostkit_merge_adapters.testing import dequantized_reference, load_4bit, relative_delta
 
     extra = "[model.quantization]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in nf4.items())
     result = run_toml(RUN.format(base=tiny_llama, adapter=tiny_adapter, extra=extra, options=""))
     assert result.exit_code == 0, result.output
     step = result.step(0)
     assert step["notes"]["dequantized"] is True and step["notes"]["dequantized_modules"] == 14
+    assert step["notes"]["quantized_kernel_deviation"]["relative"] <= 3e-2
     assert step["output"]["quantization"] is None
     out = Path(step["output"]["path"])
     config = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in config
 
-    quantized = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32, device_map="cpu",
-                                                     quantization_config=BitsAndBytesConfig(**nf4))
-    reference = _peft_logits(quantized, tiny_adapter, batch)
+    reference = _peft_logits(dequantized_reference(load_4bit(str(tiny_llama), nf4)), tiny_adapter, batch)
     merged = _merged_logits(out, batch)
-    delta = _unmasked_max_delta(merged, reference, batch)
-    assert delta <= 1e-4, delta
+    assert relative_delta(merged, reference, batch[1]) <= 1e-5
 
     # Olive's way (merge into the original float base) is measurably different
     base = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)

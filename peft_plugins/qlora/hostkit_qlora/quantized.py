@@ -16,7 +16,8 @@ Against :class:`hostkit_lora.training.LoraTraining` this changes four hooks:
 * ``output_handle()``: the handle records the 4-bit settings.
 
 CPU path: bitsandbytes >= 0.50 quantizes and computes nf4/fp4 on CPU; the base
-is loaded on the CPU, compute is float32 by default, the optimizer is
+is loaded on the CPU (with bitsandbytes' AVX512-BF16 inference repacking turned
+off, so every forward is ``dequantize(Q)`` in the compute dtype on every CPU), compute is float32 by default, the optimizer is
 ``adamw_torch`` (paged optimizers need CUDA). CUDA path: the base is loaded
 onto the process's GPU (``device_map={"": LOCAL_RANK}``), compute defaults to
 bfloat16 and the optimizer to Olive's ``paged_adamw_32bit``.
@@ -67,13 +68,20 @@ class QLoraTraining(LoraTraining):
     def prepare_model(self, model: Any) -> Any:
         import bitsandbytes as bnb
         import peft
+        from hostkit_merge_adapters.loading import exact_4bit_forward
 
         self.quantized_modules = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
                                          if isinstance(module, bnb.nn.Linear4bit)})
+        # train and evaluate against dequantize(Q) in the compute dtype on every CPU: what
+        # MergeAdapterWeights and the exporters reproduce (AVX512-BF16 CPUs would otherwise switch
+        # evaluation, and every forward after it, to a bf16 kernel with bf16 block scales)
+        repacking_disabled = exact_4bit_forward(model)
         model = peft.prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=self.checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.context.note(quantization=self.quantization(), quantized_modules=self.quantized_modules)
+        self.context.note(quantization=self.quantization(), quantized_modules=self.quantized_modules,
+                          quantized_forward=f"dequantize + matmul in {self.quantization()['bnb_4bit_compute_dtype']}",
+                          cpu_repacking_disabled=repacking_disabled)
         return model
 
     def default_target_modules(self, model: Any) -> list[str]:

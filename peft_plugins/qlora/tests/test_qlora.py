@@ -68,6 +68,7 @@ def test_qlora_trains_on_a_4bit_base_on_cpu(tiny_llama, count_data, run_toml, qu
     expected = {"load_in_4bit": True, "bnb_4bit_quant_type": quant_type, "bnb_4bit_use_double_quant": True,
                 "bnb_4bit_compute_dtype": "float32"}
     assert handle.quantization == expected and step["notes"]["quantization"] == expected
+    assert step["notes"]["quantized_forward"] == "dequantize + matmul in float32"
     # every linear layer of the decoder is 4-bit and adapted (lm_head stays full precision)
     linear = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
     assert step["notes"]["quantized_modules"] == linear and step["notes"]["target_modules"] == linear
