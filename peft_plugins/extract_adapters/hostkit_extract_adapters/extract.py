@@ -257,6 +257,9 @@ def extract_adapters(model_path: str | Path, output_dir: str | Path, *, make_inp
         del graph.node[:]
         graph.node.extend(new_nodes + rest)
 
+    # shapes the exporter recorded for tensors that carry the rank now lie (the rank is symbolic, or 0 with no
+    # adapter): onnxruntime plans buffer reuse from them and fails ("re-use buffer {1,7,0} != {1,7,8}")
+    drop_rank_shapes(graph, set(weights))
     dynamic = make_inputs and dynamic_lora_r
     for name, slot in list(slots.items()):
         array = slots_values[name]
@@ -286,6 +289,39 @@ def extract_adapters(model_path: str | Path, output_dir: str | Path, *, make_inp
     if tokenizer_dir is not None:
         copy_tokenizer(Path(tokenizer_dir), output_dir)
     return ExtractResult(model_path=out_model, weights_path=weights_path, signature=signature, ranks=ranks)
+
+
+_CONTRACTING = ("MatMul", "Gemm", "MatMulInteger", "FusedMatMul")
+
+
+def rank_carrying_values(graph: Any, adapter_values: set[str]) -> set[str]:
+    """Every value whose shape may contain a LoRA rank: the adapter weights and what flows from them.
+
+    Data flows forward from each adapter weight; a product whose two operands both carry a rank
+    (``(x A) B``) contracts it away, so the flow stops there. Over-approximating is harmless:
+    the set is used to forget recorded shapes.
+    """
+    carrying = set(adapter_values)
+    for node in graph.node:  # ONNX nodes are topologically sorted
+        inputs = [name for name in node.input if name in carrying]
+        if not inputs:
+            continue
+        if node.op_type in _CONTRACTING and len(node.input) >= 2 and node.input[0] in carrying \
+                and node.input[1] in carrying:
+            continue
+        carrying.update(name for name in node.output if name)
+    return carrying
+
+
+def drop_rank_shapes(graph: Any, adapter_values: set[str]) -> int:
+    """Remove ``value_info`` of rank-carrying values (onnxruntime infers them again); returns how many."""
+    carrying = rank_carrying_values(graph, adapter_values)
+    keep = [value for value in graph.value_info if value.name not in carrying]
+    dropped = len(graph.value_info) - len(keep)
+    if dropped:
+        del graph.value_info[:]
+        graph.value_info.extend(keep)
+    return dropped
 
 
 def _external_placeholder(name: str, elem_type: int, shape: tuple[int, ...]) -> Any:

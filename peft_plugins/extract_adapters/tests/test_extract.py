@@ -255,3 +255,24 @@ def test_half_a_module_is_refused_even_when_partial(tmp_path, toy, pack):
         packed = {"model.layers.self_attn.q_proj.lora_A.weight.packed": np.zeros((2, 16, 4), np.float32)}
         with pytest.raises(AdapterMismatch, match="given without model.layers.self_attn.q_proj.lora_B.weight.packed"):
             session.load_adapter("packed-half", packed)
+
+
+@pytest.mark.parametrize("pack_inputs", [False, True])
+def test_recorded_shapes_of_rank_carrying_values_are_dropped(tmp_path, toy, toy_input, pack_inputs):
+    """Exporters record value_info such as ``x A: [batch, 4]``; with a symbolic rank that is stale
+    (onnxruntime plans buffer reuse from it), so ExtractAdapters drops it and keeps the rest."""
+    import onnx
+
+    src = toy.build(tmp_path / "src" / "model.onnx", toy.random_adapter(1, ranks=4))
+    inferred = onnx.shape_inference.infer_shapes(onnx.load(str(src)))
+    onnx.save(inferred, str(src))
+    before = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim] for v in inferred.graph.value_info}
+    rank_shaped = sorted(n for n in before if n.startswith("xa") and n[2:].isdigit())
+    assert rank_shaped and all(before[n] == ["batch", 4] for n in rank_shaped)
+    result = extract_adapters(src, tmp_path / "out", pack_inputs=pack_inputs)
+    after = {v.name for v in onnx.load(str(result.model_path)).graph.value_info}
+    assert not after & set(rank_shaped)
+    # (x A) B contracts the rank away: the shapes after it are kept
+    assert {n for n in before if n.startswith(("xab", "base", "tanh", "h"))} <= after
+    session = AdapterSession(result.model_path)
+    np.testing.assert_allclose(run(session, toy_input), toy.reference(toy_input), rtol=1e-5, atol=1e-6)
