@@ -251,6 +251,9 @@ class LoraTraining:
             use_gpu=self.use_gpu)
         if self.dtype_name == "float16":
             args["fp16"] = True
+        # the manifest's train_tokens / train_tokens_per_s count real (non-padding) tokens
+        if "str" in (training_arg_fields() or {}).get("include_num_input_tokens_seen", ""):
+            args.setdefault("include_num_input_tokens_seen", "non_padding")
         return args
 
     def _checkpoint_to_resume(self, output_dir: str) -> str | None:
@@ -270,6 +273,10 @@ class LoraTraining:
 
     def _run(self) -> HfModel:
         context = self.context
+        # torch, transformers and peft leave ~500k objects that live until exit; each full collection walks them
+        # all (0.3 s), the interpreter's teardown runs several (1.5 s from the last output line to exit).
+        # Frozen, they are never walked again: the pass's own garbage is still collected.
+        gc.freeze()
         transformers.utils.logging.disable_progress_bar()
         self.tokenizer = self.load_tokenizer()
         train_dataset = self.build_dataset(self.config.train_data_config)
@@ -308,12 +315,16 @@ class LoraTraining:
         result = trainer.train(resume_from_checkpoint=resume)
         context.report_metric("train_runtime_s", round(float(result.metrics.get("train_runtime", 0.0)), 3))
         context.report_metric("train_steps", int(result.global_step))
+        tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
+        if tokens and training_args.include_num_input_tokens_seen == "non_padding":
+            context.report_metric("train_tokens", tokens)  # real (non-padding) tokens, all ranks
+            runtime = float(result.metrics.get("train_runtime", 0.0))
+            if runtime > 0:
+                context.report_metric("train_tokens_per_s", round(tokens / runtime, 1))
         if eval_dataset is not None:
-            eval_loss = float(trainer.evaluate()["eval_loss"])
             if not curve.eval or curve.eval[-1][0] != result.global_step:
-                curve.eval.append((result.global_step, eval_loss))
-                context.report_metric("eval_loss", eval_loss, step=result.global_step)
-            context.report_metric("final_eval_loss", eval_loss)
+                trainer.evaluate()  # LossCurve.on_log records it at this step
+            context.report_metric("final_eval_loss", curve.eval[-1][1])
         if curve.train:
             context.report_metric("final_train_loss", curve.train[-1][1])
 
@@ -332,6 +343,7 @@ class LoraTraining:
         handle = self.output_handle(adapter_dir)
         del trainer, model
         gc.collect()
+        gc.freeze()  # see _run's start
         return handle
 
 
