@@ -8,6 +8,9 @@ enabled = true
 
 [plugins.lora.defaults.LoRA]        # defaults under the run file's values
 r = 16
+
+[libraries.adapters]                # a library plugins depend on (no entry point)
+path = "peft_plugins/adapters"
 ```
 
 The host reads ``plugins.toml`` from the working directory (or ``--plugins``).
@@ -46,8 +49,21 @@ class PluginDecl:
 
 
 @attrs.frozen
+class LibraryDecl:
+    """One ``[libraries.NAME]`` table: a distribution plugins depend on, installed with them."""
+
+    path: str | None = option(None, help="local folder of the distribution (relative to plugins.toml)", path=True)
+    requirement: str | None = option(None, help="pip requirement, e.g. \"hostkit-adapters>=0.1\"")
+
+    def __attrs_post_init__(self) -> None:
+        if bool(self.path) == bool(self.requirement):
+            raise ValueError("set path or requirement (one of them)")
+
+
+@attrs.frozen
 class _PluginsFile:
     plugins: dict[str, PluginDecl] = attrs.field(factory=dict)
+    libraries: dict[str, LibraryDecl] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -56,6 +72,7 @@ class Workspace:
 
     source: Path | None = None
     plugins: dict[str, PluginDecl] = attrs.field(factory=dict)
+    libraries: dict[str, LibraryDecl] = attrs.field(factory=dict)
 
     @classmethod
     def load(cls, path: Path | None = None, *, required: bool = False) -> "Workspace":
@@ -77,7 +94,9 @@ class Workspace:
             if decl.path:
                 decl = attrs.evolve(decl, path=str((path.parent / decl.path).resolve()))
             plugins[name] = decl
-        return cls(source=path, plugins=plugins)
+        libraries = {name: attrs.evolve(lib, path=str((path.parent / lib.path).resolve())) if lib.path else lib
+                     for name, lib in parsed.libraries.items()}
+        return cls(source=path, plugins=plugins, libraries=libraries)
 
     def disabled(self) -> set[str]:
         return {name for name, decl in self.plugins.items() if not decl.enabled}
@@ -111,8 +130,17 @@ class Workspace:
         return merged
 
     def pip_args(self, editable: bool = False) -> list[str]:
-        """Arguments for ``pip install`` that install every enabled plugin."""
+        """Arguments for ``pip install`` that install every library and every enabled plugin.
+
+        Libraries come first and in the same command, so that a plugin's dependency on a
+        local library (``hostkit-adapters``) resolves to the local folder, not to an index.
+        """
         args = []
+        for lib in self.libraries.values():
+            if lib.path:
+                args += (["-e", lib.path] if editable else [lib.path])
+            else:
+                args.append(lib.requirement)
         for name, decl in self.plugins.items():
             if not decl.enabled:
                 continue
@@ -144,4 +172,4 @@ def _relative(path: str) -> str:
         return path
 
 
-__all__ = ["ConfigError", "PluginDecl", "Workspace", "deep_merge"]
+__all__ = ["ConfigError", "LibraryDecl", "PluginDecl", "Workspace", "deep_merge"]

@@ -94,6 +94,19 @@ def test_plugins_pip_args_from_plugins_toml(tmp_path):
     assert result.stdout.split() == ["-e", f"{tmp_path / 'pa'}[x]", "hostkit-b>=1"]
 
 
+def test_libraries_are_installed_first_in_the_same_pip_command(tmp_path):
+    (tmp_path / "plugins.toml").write_text(
+        '[libraries.lib]\npath = "lib"\n[libraries.remote]\nrequirement = "hostkit-remote>=1"\n'
+        '[plugins.a]\npath = "pa"\n')
+    result = run_hostkit(["plugins", "--pip-args", "--editable"], cwd=tmp_path)
+    assert result.stdout.split() == ["-e", str(tmp_path / "lib"), "hostkit-remote>=1", "-e", str(tmp_path / "pa")]
+    listed = {r["name"] for r in json.loads(run_hostkit(["plugins", "--json"], cwd=tmp_path).stdout)}
+    assert "lib" not in listed and "remote" not in listed  # a library is no plugin
+    (tmp_path / "plugins.toml").write_text('[libraries.lib]\npath = "lib"\nrequirement = "x"\n')
+    bad = run_hostkit(["plugins", "--pip-args"], cwd=tmp_path)
+    assert bad.returncode == 2 and "libraries.lib: set path or requirement (one of them)" in bad.stderr, bad.stderr
+
+
 def test_schema_of_the_run_files_own_tables(tmp_path):
     data = run_hostkit(["schema", "data"], cwd=tmp_path)
     assert data.returncode == 0 and "[data.NAME]" in data.stdout and "response_template" in data.stdout

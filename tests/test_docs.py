@@ -26,7 +26,9 @@ from hostkit.scaffold import readme_problems
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "writing-plugins.md"
 TESTS = ROOT / "tests"
-PLUGIN_FOLDERS = sorted(p for p in (ROOT / "peft_plugins").glob("*/") if (p / "pyproject.toml").is_file())
+# plugin folders: a pyproject with entry points (peft_plugins/adapters is a library, no pass)
+PLUGIN_FOLDERS = sorted(p for p in (ROOT / "peft_plugins").glob("*/") if (p / "pyproject.toml").is_file()
+                        and "hostkit.plugins" in (p / "pyproject.toml").read_text(encoding="utf-8"))
 
 HOOKS = sorted(name for name, obj in vars(hookspecs).items()
                if name.startswith("hostkit_") and callable(obj) and hasattr(obj, "hostkit_spec"))

@@ -41,7 +41,7 @@ def configure_convert(parser: argparse.ArgumentParser) -> None:
 
 def run_convert(args: argparse.Namespace) -> int:
     from hostkit import ConfigError, PassError
-    from hostkit.adapter_contract import ContractError
+    from hostkit_adapters.contract import ContractError
 
     from hostkit_extract_adapters.convert import convert_peft_adapter, quantize_int4
     from hostkit_extract_adapters.signature import AdapterMismatch, read_signature
@@ -123,7 +123,7 @@ def _adapter_args(values: list[str]) -> list[tuple[str, Path]]:
 
 def run_infer(args: argparse.Namespace) -> int:
     from hostkit import ConfigError, PassError
-    from hostkit.adapter_contract import ContractError
+    from hostkit_adapters.contract import ContractError
 
     from hostkit_extract_adapters.infer import AdapterSession
     from hostkit_extract_adapters.signature import AdapterMismatch

@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from hostkit.adapter_contract import (META_DTYPE, ContractError, adapter_metadata, base_model_identity,
+from hostkit_adapters.contract import (META_DTYPE, ContractError, adapter_metadata, base_model_identity,
                                       contract_name, is_lora_key, lora_scaling, module_path, module_rank_alpha,
                                       to_contract_weight, unsupported_reason, weight_kind)
 

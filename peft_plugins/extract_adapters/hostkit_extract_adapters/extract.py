@@ -5,7 +5,7 @@ arXiv:2106.09685) adds ``(x A) B`` to a frozen ``x W``; the base weights can be
 shared by every adapter trained on them, which is what this pass makes possible
 for an exported graph (the seed's "Extract Adapters", Olive's pass of the name).
 
-The input graph follows the adapter contract (``hostkit.adapter_contract``):
+The input graph follows the adapter contract (``hostkit_adapters.contract``):
 each LoRA weight is an initializer named ``<module path>.lora_A.weight`` /
 ``.lora_B.weight``, A ``[in, r]`` and B ``[r, out]`` with the scaling folded
 into B, consumed as ``y = x W + (x A) B``. This module takes those
@@ -42,7 +42,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from hostkit.adapter_contract import (META_ALPHA, META_ALPHA_PATTERN, META_BASE_MODEL, META_R, META_RANK_PATTERN,
+from hostkit_adapters.contract import (META_ALPHA, META_ALPHA_PATTERN, META_BASE_MODEL, META_R, META_RANK_PATTERN,
                                       META_TARGET_MODULES, META_USE_RSLORA, RANK_AXIS, RANK_DIM, ContractError,
                                       adapter_metadata, contract_name, is_lora_key, module_path, weight_kind)
 from hostkit_extract_adapters.signature import (EXTERNAL_LOCATION, PACKED_SUFFIX, SIGNATURE_KEY, ModelSignature,

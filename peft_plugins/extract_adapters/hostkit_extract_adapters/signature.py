@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import attrs
 import numpy as np
 
-from hostkit.adapter_contract import (CONTRACT_VERSION, META_BASE_MODEL, RANK_AXIS, is_lora_key,
+from hostkit_adapters.contract import (CONTRACT_VERSION, META_BASE_MODEL, RANK_AXIS, is_lora_key,
                                       module_path, same_base_model, weight_kind)
 
 SIGNATURE_KEY = "hostkit.adapters"

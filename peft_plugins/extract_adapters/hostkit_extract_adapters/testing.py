@@ -104,7 +104,7 @@ def export_peft_llama(base_dir: Path, adapter_dir: Path, out_path: Path) -> Path
     from peft.tuners.lora import LoraLayer
     from transformers import AutoModelForCausalLM
 
-    from hostkit.adapter_contract import base_model_identity
+    from hostkit_adapters.contract import base_model_identity
 
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, attn_implementation="eager"),
                                       adapter_dir)

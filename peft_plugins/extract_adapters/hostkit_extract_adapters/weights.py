@@ -1,7 +1,7 @@
 """Adapter weight files: ``.onnx_adapter``, ``.npz`` and ``.safetensors``, with contract metadata.
 
 Every file this module writes carries the string-to-string metadata of
-:func:`hostkit.adapter_contract.adapter_metadata` (base model identity, r,
+:func:`hostkit_adapters.contract.adapter_metadata` (base model identity, r,
 alpha, target modules, dtype, producer):
 
 * ``.safetensors``: in the file's own ``__metadata__`` header;
@@ -27,7 +27,7 @@ from typing import Any, Mapping
 import attrs
 import numpy as np
 
-from hostkit.adapter_contract import CONTRACT_VERSION
+from hostkit_adapters.contract import CONTRACT_VERSION
 
 SUFFIXES = {"onnx_adapter": ".onnx_adapter", "numpy": ".npz", "safetensors": ".safetensors"}
 FORMATS = tuple(SUFFIXES)
@@ -105,7 +105,7 @@ def save_weights(weights: Mapping[str, np.ndarray], path: str | Path, fmt: str,
 
         adapter = ort.AdapterFormat()
         adapter.set_adapter_version(CONTRACT_VERSION)
-        from hostkit.adapter_contract import META_BASE_MODEL
+        from hostkit_adapters.contract import META_BASE_MODEL
 
         adapter.set_model_version(base_model_digest(metadata.get(META_BASE_MODEL)))
         values = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in arrays.items()}

@@ -126,7 +126,7 @@ def write_peft_adapter(path: Path, contract_weights: dict[str, np.ndarray], conf
     """
     from safetensors.numpy import save_file
 
-    from hostkit.adapter_contract import lora_scaling, module_path, weight_kind
+    from hostkit_adapters.contract import lora_scaling, module_path, weight_kind
 
     tensors = {}
     for name, value in contract_weights.items():

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from hostkit.adapter_contract import ContractError
+from hostkit_adapters.contract import ContractError
 from hostkit_extract_adapters.convert import convert_peft_adapter, quantize_int4
 from hostkit_extract_adapters.extract import extract_adapters
 from hostkit_extract_adapters.infer import AdapterSession

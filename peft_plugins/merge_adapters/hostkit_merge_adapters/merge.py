@@ -19,7 +19,8 @@ from typing import Any
 import attrs
 import torch
 
-from hostkit import PassError, adapter_contract
+from hostkit import PassError
+from hostkit_adapters import contract as adapter_contract
 from hostkit_merge_adapters.loading import (copy_processor_files, load_with_adapter, save_tokenizer,
                                             tokenizer_source, torch_dtype)
 

@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 
-from hostkit import OnnxModel, PassError, adapter_contract
+from hostkit import OnnxModel, PassError
+from hostkit_adapters import contract as adapter_contract
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"

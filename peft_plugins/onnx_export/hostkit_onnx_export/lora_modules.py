@@ -9,7 +9,7 @@ initializers, and the adapter's identity is lost (measured, see README).
 
 :class:`ContractLoraLinear` holds the base weight under the base layer's own
 name and the adapter under the contract names, already in contract layout
-(:mod:`hostkit.adapter_contract`): ``lora_A.weight`` ``[in, r]`` and
+(:mod:`hostkit_adapters.contract`): ``lora_A.weight`` ``[in, r]`` and
 ``lora_B.weight`` ``[r, out]`` with the scaling folded in, and computes
 ``y = x W^T + b + (x A) B``. With nothing to transpose or fold, every exporter
 (dynamo with or without optimization, torchscript) keeps the names, and A, B
@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hostkit import PassError, adapter_contract
+from hostkit import PassError
+from hostkit_adapters import contract as adapter_contract
 
 
 class _Weight(nn.Module):

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from hostkit import HfModel, PassError, adapter_contract
+from hostkit import HfModel, PassError
+from hostkit_adapters import contract as adapter_contract
 from hostkit_onnx_export.config import OnnxConversionConfig
 from hostkit_onnx_export.export import export_onnx
 

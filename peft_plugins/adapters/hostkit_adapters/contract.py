@@ -25,8 +25,8 @@ The contract (``DESIGN.md``, "Adapter contract (ONNX)"):
   :func:`adapter_metadata` (base model identity, r, alpha, target modules,
   dtype, producer); :func:`read_metadata` parses it back.
 
-This module is light: it imports neither torch nor numpy nor onnx, so the host
-and plugin modules can import it for free. :func:`to_contract_weight` works on
+This module is light: it imports neither torch nor numpy nor onnx, so
+plugin modules can import it for free. :func:`to_contract_weight` works on
 anything with ``.T`` and ``*`` (a numpy array or a torch tensor).
 """
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from hostkit import adapter_contract as ac
+from hostkit_adapters import contract as ac
 
 
 @pytest.mark.parametrize("key", [
@@ -148,7 +148,7 @@ def test_base_model_identity(tmp_path, tiny_llama):
 
 
 def test_module_is_light():
-    code = ("import sys, hostkit.adapter_contract; "
+    code = ("import sys, hostkit_adapters.contract; "
             "print(','.join(m for m in ('torch', 'numpy', 'onnx', 'onnxruntime', 'peft', 'transformers') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
