@@ -84,9 +84,13 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def configure_infer(parser: argparse.ArgumentParser) -> None:
-    parser.description = ("Run an extracted ONNX model with several adapters in one onnxruntime session, "
-                          "switching adapter per request (greedy generation).")
-    parser.add_argument("model", type=Path, metavar="MODEL.onnx")
+    parser.description = ("Serve an ONNX model with several adapters, switching adapter per request. A folder "
+                          "with genai_config.json (ModelBuilder, then ExtractAdapters) runs on onnxruntime-genai "
+                          "(one og.Model, one og.Adapters, KV cache, sampling); other graphs run on plain "
+                          "onnxruntime (one session, greedy). Every adapter is checked against the model before "
+                          "it is loaded.")
+    parser.add_argument("model", type=Path, metavar="MODEL",
+                        help="an extracted .onnx file, or an onnxruntime-genai model folder (or its model.onnx)")
     parser.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
                         help="load an adapter (weights file or PEFT folder); repeatable. NAME defaults to the "
                              "file name without suffix")
@@ -95,12 +99,54 @@ def configure_infer(parser: argparse.ArgumentParser) -> None:
                         help="adapter for the prompts ('none' = base model): once for all prompts, or once per "
                              "prompt in order; default: every prompt with no adapter and with each adapter")
     parser.add_argument("--max-new-tokens", type=int, default=20)
-    parser.add_argument("--tokenizer", type=Path, help="tokenizer folder (default: the model's folder)")
+    parser.add_argument("--chat", action="store_true",
+                        help="wrap each prompt in the model's chat template as a user turn (instruct models)")
+    parser.add_argument("--system", metavar="TEXT", help="with --chat: a system message before the prompt")
+    parser.add_argument("--stream", action="store_true", help="print the tokens as they are generated")
+    parser.add_argument("--threads", type=int, metavar="N", help="intra-op threads (default: onnxruntime's)")
+    sampling = parser.add_argument_group("sampling (onnxruntime-genai models; default: greedy)")
+    sampling.add_argument("--do-sample", action="store_true", help="sample instead of taking the most likely token")
+    sampling.add_argument("--temperature", type=float)
+    sampling.add_argument("--top-k", type=int)
+    sampling.add_argument("--top-p", type=float)
+    sampling.add_argument("--repetition-penalty", type=float)
+    sampling.add_argument("--seed", type=int, help="random seed of the sampler (reproducible samples)")
+    parser.add_argument("--tokenizer", type=Path, help="plain onnxruntime models: tokenizer folder (default: the "
+                                                       "model's folder)")
     parser.add_argument("--allow-partial", action="store_true",
                         help="accept adapters that cover only some of the model's adapter weights")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--traceback", action="store_true",
                         help="when onnxruntime fails, show its full trace above the error line")
+
+
+#: --option -> genai search option
+SAMPLING = {"do_sample": "do_sample", "temperature": "temperature", "top_k": "top_k", "top_p": "top_p",
+            "repetition_penalty": "repetition_penalty", "seed": "random_seed"}
+
+
+def _search_options(args: argparse.Namespace) -> dict[str, Any]:
+    from hostkit import ConfigError
+
+    search = {}
+    for arg, option in SAMPLING.items():
+        value = getattr(args, arg)
+        if value is not None and value is not False:
+            search[option] = value
+    problems = []
+    if args.temperature is not None and args.temperature <= 0:
+        problems.append(f"--temperature {args.temperature}: must be > 0")
+    if args.top_k is not None and args.top_k < 1:
+        problems.append(f"--top-k {args.top_k}: must be >= 1")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        problems.append(f"--top-p {args.top_p}: must be in (0, 1]")
+    if args.max_new_tokens < 1:
+        problems.append(f"--max-new-tokens {args.max_new_tokens}: must be >= 1")
+    if args.system is not None and not args.chat:
+        problems.append("--system needs --chat")
+    if problems:
+        raise ConfigError(problems)
+    return search
 
 
 def _adapter_args(values: list[str]) -> list[tuple[str, Path]]:
@@ -125,7 +171,8 @@ def run_infer(args: argparse.Namespace) -> int:
     from hostkit import ConfigError, PassError
     from hostkit_adapters.contract import ContractError
 
-    from hostkit_extract_adapters.infer import AdapterSession
+    from hostkit_extract_adapters.genai import genai_folder
+    from hostkit_extract_adapters.infer import open_session
     from hostkit_extract_adapters.signature import AdapterMismatch
     from hostkit_extract_adapters.weights import WeightsFileError
 
@@ -141,8 +188,21 @@ def run_infer(args: argparse.Namespace) -> int:
     unknown = [u for u in args.use if u != "none" and u not in names]
     if unknown:
         raise ConfigError(f"--use: {', '.join(unknown)} is not among the adapters ({', '.join(names) or 'none'})")
+    search = _search_options(args)
+    genai = genai_folder(args.model) is not None
+    if search and not genai:
+        given = [f"--{k.replace('_', '-')}" for k in SAMPLING if getattr(args, k) is not None and getattr(args, k) is not False]
+        raise ConfigError(f"{', '.join(given)}: "
+                          f"sampling needs an onnxruntime-genai model folder (genai_config.json); {args.model} runs "
+                          "on plain onnxruntime, which decodes greedily")
+    if genai and args.tokenizer is not None:
+        raise ConfigError(f"--tokenizer: {args.model} is an onnxruntime-genai model, which uses the tokenizer "
+                          "files of its folder")
+    options: dict[str, Any] = {"allow_partial": args.allow_partial, "threads": args.threads}
+    if not genai:
+        options["tokenizer"] = args.tokenizer
     try:
-        session = AdapterSession(args.model, tokenizer=args.tokenizer, allow_partial=args.allow_partial)
+        session = open_session(args.model, **options)
     except (FileNotFoundError, AdapterMismatch) as exc:
         raise ConfigError(str(exc)) from None
     problems = []
@@ -160,15 +220,26 @@ def run_infer(args: argparse.Namespace) -> int:
         requests = list(zip(args.prompt, uses))
     else:
         requests = [(p, u) for p in args.prompt for u in ["none", *names]]
+    text_options: dict[str, Any] = {"chat": args.chat, "system": args.system, **search}
     try:
         for prompt, use in requests:
-            text = session.generate(prompt, adapter=None if use == "none" else use, max_new_tokens=args.max_new_tokens)
+            adapter = None if use == "none" else use
+            if args.stream and not args.json:
+                print(f"[{use}] {prompt!r} -> ", end="", flush=True)
+                for piece in session.stream(prompt, adapter=adapter, max_new_tokens=args.max_new_tokens,
+                                            **text_options):
+                    print(piece, end="", flush=True)
+                print()
+                continue
+            text = session.generate(prompt, adapter=adapter, max_new_tokens=args.max_new_tokens, **text_options)
             if args.json:
-                print(json.dumps({"adapter": use, "prompt": prompt, "completion": text}))
+                print(json.dumps({"adapter": use, "prompt": prompt, "completion": text}), flush=True)
             else:
                 print(f"[{use}] {prompt!r} -> {text!r}")
     except FileNotFoundError as exc:
         raise PassError(str(exc)) from None
+    except ValueError as exc:  # a chat template that is missing or fails, a context too long
+        raise ConfigError(str(exc)) from None
     sys.stdout.flush()
     return 0
 
@@ -179,6 +250,7 @@ def command_specs() -> list[Any]:
     return [
         CommandSpec(name="convert-adapters", help="convert a PEFT adapter to weights for an extracted ONNX model",
                     configure=configure_convert, run=run_convert),
-        CommandSpec(name="infer", help="run an extracted ONNX model with several adapters, switched per request",
+        CommandSpec(name="infer", help="serve an ONNX or onnxruntime-genai model with several adapters, switched "
+                                       "per request",
                     configure=configure_infer, run=run_infer),
     ]

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import attrs
 import numpy as np
@@ -349,9 +349,9 @@ class AdapterSession:
                     pairs[value.name] = present
         return pairs
 
-    def generate_ids(self, input_ids: Iterable[int], adapter: str | Sequence[str] | None = None,
-                     max_new_tokens: int = 20, eos_token_id: int | None = None, use_cache: bool = True) -> list[int]:
-        """Greedy decoding; returns the new token ids.
+    def iter_ids(self, input_ids: Iterable[int], adapter: str | Sequence[str] | None = None,
+                 max_new_tokens: int = 20, eos_token_id: int | None = None, use_cache: bool = True) -> Iterator[int]:
+        """Greedy decoding: the new token ids one by one, as they are produced.
 
         Graphs exported with a KV cache (``past_key_values.N.*`` inputs,
         ``present.N.*`` outputs) feed each step's presents back as the next
@@ -362,16 +362,15 @@ class AdapterSession:
         pairs = self._kv_pairs(session) if use_cache else {}
         outputs = ["logits", *pairs.values()]
         feed = self._text_inputs(session, ids)
-        new: list[int] = []
         for index in range(max_new_tokens):
             step = (f"prefill ({len(ids)} prompt tokens)" if index == 0
                     else f"decoding token {index + 1} of {max_new_tokens}")
             results = self.run(feed, adapter=adapter, output_names=outputs, step=step)
             token = int(np.argmax(results[0][0, -1]))
             ids.append(token)
-            new.append(token)
+            yield token
             if eos_token_id is not None and token == eos_token_id:
-                break
+                return
             if pairs:
                 feed = self._text_inputs(session, ids)
                 dtype = feed["input_ids"].dtype
@@ -382,15 +381,83 @@ class AdapterSession:
                     feed[past] = value
             else:
                 feed = self._text_inputs(session, ids)
-        return new
 
-    def generate(self, prompt: str, adapter: str | Sequence[str] | None = None, max_new_tokens: int = 20) -> str:
+    def generate_ids(self, input_ids: Iterable[int], adapter: str | Sequence[str] | None = None,
+                     max_new_tokens: int = 20, eos_token_id: int | None = None, use_cache: bool = True) -> list[int]:
+        """Greedy decoding; returns the new token ids (see :meth:`iter_ids`)."""
+        return list(self.iter_ids(input_ids, adapter=adapter, max_new_tokens=max_new_tokens,
+                                  eos_token_id=eos_token_id, use_cache=use_cache))
+
+    def encode(self, prompt: str, *, chat: bool = False, system: str | None = None) -> list[int]:
+        """Token ids of ``prompt``; with ``chat``, wrapped in the tokenizer's chat template as a user turn."""
+        tokenizer = self.tokenizer
+        if not chat:
+            return list(tokenizer(prompt)["input_ids"])
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"{self.model_path}: the tokenizer has no chat template (drop --chat)")
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def stream(self, prompt: str, adapter: str | Sequence[str] | None = None, max_new_tokens: int = 20, *,
+               chat: bool = False, system: str | None = None) -> Iterator[str]:
+        """The greedy completion of ``prompt`` as text pieces, as the tokens are generated.
+
+        Each piece is the growth of the decoded text; a token that ends inside a UTF-8 character
+        yields nothing until the character is complete.
+        """
+        tokenizer = self.tokenizer
+        ids = self.encode(prompt, chat=chat, system=system)
+        new: list[int] = []
+        shown = ""
+        for token in self.iter_ids(ids, adapter=adapter, max_new_tokens=max_new_tokens,
+                                   eos_token_id=tokenizer.eos_token_id):
+            new.append(token)
+            text = tokenizer.decode(new, skip_special_tokens=True)
+            if text.endswith("\ufffd"):  # an unfinished character: wait for its next byte
+                continue
+            if text.startswith(shown) and len(text) > len(shown):
+                yield text[len(shown):]
+                shown = text
+        text = tokenizer.decode(new, skip_special_tokens=True)
+        if text.startswith(shown) and len(text) > len(shown):
+            yield text[len(shown):]
+
+    def generate(self, prompt: str, adapter: str | Sequence[str] | None = None, max_new_tokens: int = 20, *,
+                 chat: bool = False, system: str | None = None) -> str:
         """Greedy completion of ``prompt`` with ``adapter`` (None: the base model)."""
         tokenizer = self.tokenizer
-        ids = tokenizer(prompt)["input_ids"]
+        ids = self.encode(prompt, chat=chat, system=system)
         new = self.generate_ids(ids, adapter=adapter, max_new_tokens=max_new_tokens,
                                 eos_token_id=tokenizer.eos_token_id)
         return tokenizer.decode(new, skip_special_tokens=True)
+
+
+def open_session(model: str | os.PathLike, **options: Any) -> Any:
+    """The session that serves ``model``: :class:`~hostkit_extract_adapters.genai.GenaiSession` for an
+    onnxruntime-genai folder (``genai_config.json``, or its decoder file), else :class:`AdapterSession`.
+
+    ``options`` go to the session (``threads`` is genai's intra-op thread count; for plain
+    onnxruntime it sets ``SessionOptions.intra_op_num_threads``).
+    """
+    from hostkit_extract_adapters.genai import GenaiSession, genai_folder
+
+    if genai_folder(model) is not None:
+        options.pop("tokenizer", None)
+        return GenaiSession(model, **options)
+    threads = options.pop("threads", None)
+    if threads:
+        import onnxruntime as ort
+
+        def session_options() -> Any:
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 4
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+            return opts
+
+        options["session_options"] = session_options
+    return AdapterSession(model, **options)
 
 
 def _one(names: tuple[str, ...]) -> str | tuple[str, ...] | None:

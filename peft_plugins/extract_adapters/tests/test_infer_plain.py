@@ -1,9 +1,10 @@
-"""onnxruntime failures in ``AdapterSession`` and ``hostkit infer``: one clear line naming the model,
-the adapter and the step (exit 1), the trace only under ``--traceback``.
+"""The plain-onnxruntime path of ``hostkit infer`` / ``AdapterSession`` on small graphs built here.
 
-The models are small graphs built here that onnxruntime refuses in a known way: an embedding with
-fewer rows than the tokenizer's vocabulary (a run-time ``Gather`` failure, as a wrong export gives)
-and a graph with an operator onnxruntime does not know (a failure when the session is created).
+onnxruntime failures are one clear line naming the model, the adapter and the step (exit 1), the
+trace only under ``--traceback``: the graphs fail in known ways, an embedding with fewer rows than
+the tokenizer's vocabulary (a run-time ``Gather`` failure, as a wrong export gives) and an operator
+onnxruntime does not know (a failure when the session is created). Then chat templates, streaming,
+and the options that only onnxruntime-genai models take; and the CLI's start-up stays light.
 """
 
 from __future__ import annotations
@@ -147,3 +148,62 @@ def test_session_creation_failure_is_one_line(tmp_path):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ERROR: ") and str(model) in lines[0], err
     assert "creating the onnxruntime session" in lines[0]
+
+
+@pytest.fixture(scope="module")
+def toy_lm(tmp_path_factory) -> Path:
+    return build_toy_lm(tmp_path_factory.mktemp("toy-lm"), vocab=600)
+
+
+def test_stream_and_chat_on_plain_onnxruntime(toy_lm, tmp_path):
+    from transformers import AutoTokenizer
+
+    session = AdapterSession(toy_lm)
+    session.load_adapter("own", save_adapter(tmp_path / "own.onnx_adapter"))
+    tokenizer = AutoTokenizer.from_pretrained(toy_lm.parent)
+    ids = session.encode("hello world")
+    assert ids == tokenizer("hello world")["input_ids"]
+    new = session.generate_ids(ids, adapter="own", max_new_tokens=6, eos_token_id=tokenizer.eos_token_id)
+    text = session.generate("hello world", adapter="own", max_new_tokens=6)
+    assert text == tokenizer.decode(new, skip_special_tokens=True)
+    pieces = list(session.stream("hello world", adapter="own", max_new_tokens=6))
+    assert "".join(pieces) == text and all(pieces)
+
+    chat = session.encode("hello world", chat=True, system="be brief")
+    assert chat == tokenizer("<|system|>be brief</s><|user|>hello world</s><|assistant|>",
+                             add_special_tokens=False)["input_ids"]  # the tiny tokenizer's chat template
+    plain_chat = tokenizer("<|user|>hello world</s><|assistant|>", add_special_tokens=False)["input_ids"]
+    new = session.generate_ids(plain_chat, max_new_tokens=4, eos_token_id=tokenizer.eos_token_id)
+    assert session.generate("hello world", chat=True, max_new_tokens=4) == tokenizer.decode(new, skip_special_tokens=True)
+
+
+def test_infer_stream_and_options_on_plain_onnxruntime(toy_lm, tmp_path, cli):
+    adapter = save_adapter(tmp_path / "own.onnx_adapter")
+    session = AdapterSession(toy_lm)
+    session.load_adapter("own", adapter)
+    expected = session.generate("hello world", adapter="own", max_new_tokens=5)
+    code, output = cli("infer", str(toy_lm), "--adapter", f"own={adapter}", "--use", "own", "--prompt",
+                       "hello world", "--max-new-tokens", "5", "--stream", "--threads", "1")
+    assert code == 0, output
+    assert output == f"[own] 'hello world' -> {expected}\n"
+
+    code, output = cli("infer", str(toy_lm), "--prompt", "hi", "--do-sample", "--temperature", "0.5")
+    assert code == 2
+    assert output.strip().splitlines()[-1] == (
+        f"ERROR: --do-sample, --temperature: sampling needs an onnxruntime-genai model folder (genai_config.json); "
+        f"{toy_lm} runs on plain onnxruntime, which decodes greedily")
+    code, output = cli("infer", str(toy_lm), "--prompt", "hi", "--system", "x", "--top-p", "1.5")
+    assert code == 2 and "--top-p 1.5: must be in (0, 1]" in output and "--system needs --chat" in output
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["infer", "--help"]])
+def test_cli_start_up_imports_neither_onnxruntime_nor_genai(argv):
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom hostkit.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print('LOADED=' + ','.join(m for m in ('onnxruntime', 'onnxruntime_genai', 'torch', 'transformers') "
+            "if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "LOADED=", result.stdout
