@@ -51,6 +51,7 @@ from hostkit_extract_adapters.weights import save_weights
 
 MODEL_FILE = "model.onnx"
 WEIGHTS_STEM = "adapter_weights"
+GENAI_CONFIG = "genai_config.json"
 # protobuf cannot serialise a message of 2 GiB or more: larger models keep their weights beside the graph
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -95,13 +96,19 @@ def find_adapter_weights(model: Any) -> dict[str, tuple[Any, np.ndarray]]:
     """
     from onnx import numpy_helper
 
+    from hostkit_extract_adapters.dialects import dialect_of, is_genai_name
+
     graph = model.graph
     users = _consumers(graph)
     found: dict[str, tuple[Any, np.ndarray]] = {}
+    dialect_of(init.name for init in graph.initializer)  # refuses a graph that mixes both dialects
     for init in graph.initializer:
-        if not is_lora_key(init.name):
+        if is_genai_name(init.name):  # onnxruntime-genai's builder: its names are what genai feeds
+            name = init.name
+        elif is_lora_key(init.name):
+            name = contract_name(init.name)
+        else:
             continue
-        name = contract_name(init.name)
         if name in found:
             raise ExtractError(f"two initializers map to {name}: {found[name][0].name} and {init.name}")
         array = numpy_helper.to_array(init)
@@ -190,6 +197,13 @@ def extract_adapters(model_path: str | Path, output_dir: str | Path, *, make_inp
 
     model_path = Path(model_path)
     output_dir = Path(output_dir)
+    genai_config = model_path.parent / GENAI_CONFIG
+    if genai_config.is_file() and not make_inputs:
+        raise ExtractError(f"{model_path}: an onnxruntime-genai model ({GENAI_CONFIG} beside it) takes adapters as "
+                           "inputs (og.Adapters); external initializers would make it unloadable: "
+                           "use make_inputs = true")
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL
+                   for t in onnx.load(str(model_path), load_external_data=False).graph.initializer)
     model = onnx.load(str(model_path))
     graph = model.graph
     metadata = {p.key: p.value for p in model.metadata_props}
@@ -199,6 +213,9 @@ def extract_adapters(model_path: str | Path, output_dir: str | Path, *, make_inp
         found = find_adapter_weights(model)
     except ContractError as exc:
         raise ExtractError(str(exc)) from None
+    if not found and any(n.op_type == "MatMulNBits" and "/lora_" in n.name for n in graph.node):
+        raise ExtractError(f"{model_path}: its LoRA MatMuls are int4 (MatMulNBits), so there are no float "
+                           "adapter weights to take out; build it with ModelBuilder quantize_adapter = false")
     if not found:
         raise ExtractError(f"{model_path}: no LoRA weights named per the adapter contract "
                            "(<module>.lora_A.weight / .lora_B.weight); export an HfModel with an unmerged "
@@ -283,11 +300,13 @@ def extract_adapters(model_path: str | Path, output_dir: str | Path, *, make_inp
 
     output_dir.mkdir(parents=True, exist_ok=True)
     out_model = output_dir / MODEL_FILE
-    _save_model(model, out_model)
+    _save_model(model, out_model, external=external)
     file_metadata = weights_metadata(metadata, ranks, weights, base_model)
     weights_path = save_weights(slots_values, output_dir / WEIGHTS_STEM, save_format, file_metadata)
     if tokenizer_dir is not None:
         copy_tokenizer(Path(tokenizer_dir), output_dir)
+    if genai_config.is_file():
+        write_genai_config(genai_config, output_dir / GENAI_CONFIG, out_model.name)
     return ExtractResult(model_path=out_model, weights_path=weights_path, signature=signature, ranks=ranks)
 
 
@@ -350,11 +369,14 @@ def _set_metadata(model: Any, values: dict[str, str]) -> None:
         entry.key, entry.value = key, value
 
 
-def _save_model(model: Any, path: Path) -> None:
+def _save_model(model: Any, path: Path, *, external: bool = False) -> None:
+    """Save inline, or (large models, and those whose weights were external already) beside the graph."""
     import onnx
 
+    for stale in path.parent.glob(path.name + ".data"):
+        stale.unlink()
     size = sum(len(t.raw_data) for t in model.graph.initializer)
-    if size < EXTERNAL_DATA_THRESHOLD:
+    if size < EXTERNAL_DATA_THRESHOLD and not external:
         onnx.save(model, str(path))
     else:
         onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -383,6 +405,20 @@ def weights_metadata(model_metadata: dict[str, str], ranks: dict[str, int], weig
     if META_TARGET_MODULES in model_metadata:
         metadata[META_TARGET_MODULES] = model_metadata[META_TARGET_MODULES]
     return metadata
+
+
+def write_genai_config(source: Path, dest: Path, model_file: str) -> None:
+    """The onnxruntime-genai config of the source folder, pointing at the extracted graph.
+
+    genai feeds the adapter inputs by name from ``og.Adapters`` and falls back on
+    their zero-size defaults, so nothing about the adapters goes into the config;
+    the decoder's ``filename`` is the extracted graph's.
+    """
+    data = json.loads(source.read_text())
+    decoder = data.get("model", {}).get("decoder", {})
+    if "filename" in decoder:
+        decoder["filename"] = model_file
+    dest.write_text(json.dumps(data, indent=4) + "\n")
 
 
 def copy_tokenizer(source: Path, dest: Path) -> bool:

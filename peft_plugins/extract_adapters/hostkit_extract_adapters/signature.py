@@ -100,6 +100,52 @@ class ModelSignature:
     def dynamic_rank(self) -> bool:
         return any(s.dynamic_rank for s in self.slots.values())
 
+    @property
+    def dialect(self) -> str:
+        """``hostkit`` (OnnxConversion graphs) or ``genai`` (ModelBuilder graphs): how the weights are named."""
+        from hostkit_extract_adapters.dialects import HOSTKIT, dialect_of
+
+        return dialect_of(self.contract_names()) or HOSTKIT
+
+    def in_model_dialect(self, weights: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]]:
+        """Adapter weights renamed into the model's dialect, and the problems of the mapping.
+
+        Both dialects lay weights out alike (A ``[in, r]``, B ``[r, out]``, scaling in B),
+        so an adapter converted for one kind of graph fits the other once renamed. For a
+        ModelBuilder graph: ``self_attn`` -> ``attn``, ``.MatMul.weight``, a fused
+        ``qkv_proj``/``gate_up_proj`` split by the model's own B widths; a module the
+        builder has no LoRA for (``lm_head``, embeddings) is a problem. Weights already
+        named for the model, and packed slot names, pass unchanged.
+        """
+        from hostkit_adapters.contract import ContractError
+
+        from hostkit_extract_adapters.dialects import GENAI, dialect_of_name, hostkit_name_of, to_genai
+
+        dialect = self.dialect
+        other = {n: a for n, a in weights.items() if n not in self.slots and dialect_of_name(n) not in (None, dialect)}
+        if not other:
+            return dict(weights), []
+        out = {n: a for n, a in weights.items() if n not in other}
+        if dialect == GENAI:
+            out_features = {}
+            for slot in self.slots.values():
+                for name in slot.members or (slot.name,):
+                    if weight_kind(name) == "lora_B":
+                        out_features[module_path(name)] = slot.member_shape()[1]
+            mapped, problems = to_genai(other, out_features)
+        else:
+            mapped, problems = {}, []
+            for name, array in other.items():
+                try:
+                    mapped[hostkit_name_of(name)] = array
+                except ContractError as exc:
+                    problems.append(str(exc))
+        clash = sorted(set(mapped) & set(out))
+        if clash:
+            problems.append(f"{len(clash)} weights given in both dialects: {_name_list(clash, limit=4)}")
+        out.update(mapped)
+        return out, problems
+
     def contract_names(self) -> list[str]:
         """Every contract name the model takes (packed slots expanded into their members)."""
         names: list[str] = []
@@ -126,7 +172,8 @@ class ModelSignature:
         """Arrays keyed by slot name that feed this model, or :class:`AdapterMismatch`.
 
         Accepts weights named by slot (packed or not) or, for a packed model,
-        by contract name (they are packed here). A lower rank than a fixed rank
+        by contract name (they are packed here), in either dialect
+        (:meth:`in_model_dialect`). A lower rank than a fixed rank
         slot is zero-padded (exact); a missing module is an error unless
         ``allow_partial`` (then it is fed "no adapter"). Slots the adapter does
         not cover are absent from the result; see :meth:`complete`.
@@ -134,6 +181,8 @@ class ModelSignature:
         metadata = dict(metadata or {})
         problems: list[Any] = []  # str, or (weight name, reason) grouped at the end
         self._check_base(metadata, model_version, problems)
+        weights, mapping_problems = self.in_model_dialect(weights)
+        problems += mapping_problems
 
         members = {m: (slot, i) for slot in self.slots.values() for i, m in enumerate(slot.members)}
         direct: dict[str, np.ndarray] = {}
@@ -235,8 +284,15 @@ class ModelSignature:
                                 f"{self.base_model} ({base_model_digest(self.base_model)})")
 
     def _unknown(self, names: list[str]) -> list[str]:
+        from hostkit_extract_adapters.dialects import dialect_of_name, other_dialect_problem
+
         known = list(self.slots) + [m for s in self.slots.values() for m in s.members]
         problems = []
+        dialect = self.dialect
+        other = [n for n in names if dialect_of_name(n) not in (None, dialect)]
+        if other:  # Olive #2277: names that exist only in the other kind of graph
+            problems.append(other_dialect_problem(other, dialect))
+            names = [n for n in names if n not in other]
         quant = [n for n in names if ".quant." in n]
         if quant:
             problems.append(f"{len(quant)} int4-quantized weights ({_name_list(quant)}): this model takes float "
@@ -316,7 +372,9 @@ def _grouped(problems: list[Any]) -> list[str]:
 
 
 def _is_lora(name: str) -> bool:
-    return is_lora_key(name)
+    from hostkit_extract_adapters.dialects import is_genai_name
+
+    return is_lora_key(name) or is_genai_name(name)
 
 
 def _name_list(names: list[str], limit: int = 12) -> str:
@@ -352,7 +410,7 @@ def signature_from_graph(model: Any, source: str = "model") -> ModelSignature:
     initializers = {t.name for t in model.graph.initializer}
     slots = {}
     for value in model.graph.input:
-        if not is_lora_key(value.name):
+        if not _is_lora(value.name):
             continue
         dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
         slots[value.name] = Slot(name=value.name, shape=_value_info_shape(value), dtype=dtype,

@@ -24,3 +24,23 @@ def prompt_ids(tiny_llama: Path) -> list[int]:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_llama)("the capital of france is")["input_ids"]
+
+
+@pytest.fixture
+def cli():
+    """``cli(*argv) -> (exit code, all output)``: run ``hostkit ARGV`` in-process with every installed plugin."""
+    import contextlib
+    import io
+
+    from hostkit.cli import main
+
+    def run(*argv: str) -> tuple[int, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(argv), stream=err)
+            except SystemExit as exc:  # argparse
+                code = int(exc.code or 0)
+        return code, out.getvalue() + err.getvalue()
+
+    return run
