@@ -219,8 +219,8 @@ def cmd_plugins(args: argparse.Namespace, host: PluginHost, stream: Any) -> int:
     for r in records:
         if r.error:
             print(f"! {r.name}: {r.error}")
-        if r.warning:
-            print(f"! {r.name}: {r.warning}")
+        for warning in (r.warning or "").splitlines():
+            print(f"! {r.name}: {warning}")
     return EXIT_OK
 
 

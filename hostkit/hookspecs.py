@@ -9,8 +9,12 @@ There are three kinds of hooks:
 
 * registration hooks receive a ``register`` callback (simonw/llm style), so a
   plugin declares what it provides in a few lines and the host owns the registry;
-* work hooks (``firstresult``): the first plugin that claims the work returns a
-  result, the others return ``None``;
+* ``hostkit_load_model`` (``firstresult``): the first plugin that claims the
+  model returns a handle, the others return ``None``;
+* ``hostkit_run_pass``: the host's own implementation calls the entry the
+  pass type's :class:`~hostkit.PassSpec` names (``run=``), so only the plugin
+  that registered a pass type runs it; plugins may wrap it (``wrapper=True``)
+  to time, measure or capture a pass, never answer it;
 * observer hooks: every implementation is called; progress display, the
   manifest writer and timing are themselves plugins of these hooks.
 """
@@ -37,13 +41,14 @@ def hostkit_register(register: "Registrar") -> None:
 
     Call ``register.pass_type(PassSpec(...))`` for each pass type,
     ``register.model_type(ModelTypeSpec(...))`` for each model handle type,
-    ``register.exporter(PassSpec(...))`` for each exporter and
+    ``register.exporter(PassSpec(...))`` for each exporter (each names its
+    ``run`` entry) and
     ``register.command(CommandSpec(...))`` for each CLI command. Must not import
     heavy libraries: it runs for ``hostkit --help``. Returns nothing.
     """
 
 
-# -- work hooks (firstresult) ---------------------------------------------
+# -- work hooks ------------------------------------------------------------
 
 
 @hookspec(firstresult=True)
@@ -58,21 +63,14 @@ def hostkit_load_model(model: Any, context: "RunContext") -> Any:
 
 @hookspec(firstresult=True)
 def hostkit_run_pass(pass_type: str, config: Any, model: Any, context: "StepContext") -> Any:
-    """Run one pass of type ``pass_type`` (canonical spelling) on ``model``.
+    """One step of type ``pass_type`` (canonical spelling, a pass or an exporter) runs on ``model``.
 
-    ``config`` is the pass's frozen attrs config; write files only under
-    ``context.output_dir``. Return the output handle when this plugin provides
-    ``pass_type``, else ``None``. Raise :class:`hostkit.PassError` for an
-    expected failure.
-    """
-
-
-@hookspec(firstresult=True)
-def hostkit_export_model(exporter: str, config: Any, model: Any, context: "StepContext") -> Any:
-    """Write ``model`` into another format (e.g. ONNX) with exporter ``exporter``.
-
-    Same contract as :func:`hostkit_run_pass`: return the new handle, or
-    ``None`` when ``exporter`` is not this plugin's.
+    The host's built-in implementation calls ``context.step.spec.run(config,
+    model, context)`` and returns its handle. A plugin implements this hook only
+    as a wrapper (``@hookimpl(wrapper=True)``, ``result = yield``, then return
+    it): for timing, memory, captured output around every pass. A plain
+    implementation is refused when the plugin loads (register
+    ``PassSpec(run=...)`` instead).
     """
 
 

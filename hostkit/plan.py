@@ -136,7 +136,7 @@ def plan_run(run_file: Path, host: PluginHost, *, output_dir: str | None = None)
             continue
         spec = host.registry.find_pass(type_name)
         if spec is None:
-            broken = host.provider_problem(type_name)
+            broken = host.provider_problem(type_name)  # contested by two plugins, or its plugin is broken
             if broken is not None:
                 plugin_problems.append(f"{where} ({type_name}): {broken}")
             else:

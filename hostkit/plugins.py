@@ -23,7 +23,7 @@ import pluggy
 
 from hostkit import hookspecs
 from hostkit.errors import PluginLoadError
-from hostkit.registry import DuplicateRegistration, PluginInfo, Registrar, Registry
+from hostkit.registry import DuplicateRegistration, PluginInfo, Registrar, Registry, describe_providers
 from hostkit.workspace import Workspace
 
 ENTRY_POINT_GROUP = "hostkit.plugins"
@@ -91,10 +91,9 @@ class HookCaller:
         return self._hook.hostkit_load_model(model=model, context=context)
 
     def run_pass(self, *, pass_type: str, config: Any, model: Any, context: Any) -> Any:
+        """Run a step: the host's built-in implementation calls the step's ``PassSpec.run``;
+        plugins' ``wrapper=True`` implementations (timing, capture) see the call."""
         return self._hook.hostkit_run_pass(pass_type=pass_type, config=config, model=model, context=context)
-
-    def export_model(self, *, exporter: str, config: Any, model: Any, context: Any) -> Any:
-        return self._hook.hostkit_export_model(exporter=exporter, config=config, model=model, context=context)
 
     def run_started(self, *, context: Any, steps: list) -> None:
         self._notify("hostkit_run_started", context=context, steps=steps)
@@ -226,6 +225,13 @@ class PluginHost:
             record.status = "broken"
             record.error = f"plugin {record.name!r} ({record.describe()}) has a hook that hostkit does not define: {exc}"
             return record
+        if record.status != "internal" and _plain_run_pass(self.pm, plugin):
+            self.pm.unregister(plugin)
+            record.status = "broken"
+            record.error = (f"plugin {record.name!r} ({record.describe()}) implements hostkit_run_pass as a plain hook; "
+                            "the host runs the entry its PassSpec names: register PassSpec(run=\"module:function\") "
+                            "instead (a plugin's hostkit_run_pass may only be a wrapper=True hookimpl)")
+            return record
         registrar = Registrar(self.registry, record.info)
         for impl in self.pm.hook.hostkit_register.get_hookimpls():
             if impl.plugin is not plugin:
@@ -238,10 +244,22 @@ class PluginHost:
                 record.status = "broken"
                 record.error = f"plugin {record.name!r} failed to register: {type(exc).__name__}: {exc}"
                 return record
-        record.provides = sorted(
-            spec.name for spec in self.registry.passes.values() if spec.plugin and spec.plugin.name == record.name
-        )
+        mine = [s for s in self.registry.passes.values() if s.plugin and s.plugin.name == record.name]
+        contested = [specs for specs in self.registry.contested.values()
+                     if any(s.plugin and s.plugin.name == record.name for s in specs)]
+        record.provides = sorted([s.name for s in mine] + [specs[-1].name for specs in contested])
+        for specs in contested:
+            self._warn_contest(specs)
         return record
+
+    def _warn_contest(self, specs: list[Any]) -> None:
+        message = (f"pass type {specs[0].name!r} is registered by {describe_providers(specs)}: a run that uses it "
+                   "stops (exit 3); disable one of them (enabled = false in plugins.toml, or HOSTKIT_DISABLE_PLUGINS)")
+        for spec in specs:
+            record = self.records.get(spec.plugin.name) if spec.plugin else None
+            if record is not None:
+                kept = [w for w in (record.warning or "").split("\n") if w and f"pass type {specs[0].name!r} " not in w]
+                record.warning = "\n".join([*kept, message])
 
     # -- queries --------------------------------------------------------------
 
@@ -249,7 +267,12 @@ class PluginHost:
         return [r for r in self.records.values() if r.status == "broken"]
 
     def provider_problem(self, pass_type: str) -> PluginLoadError | None:
-        """A PluginLoadError when a broken or uninstalled plugin is the one that would provide ``pass_type``."""
+        """A PluginLoadError when two plugins register ``pass_type``, or a broken one would provide it."""
+        contest = self.registry.contest(pass_type)
+        if contest:
+            return PluginLoadError(
+                f"pass type {contest[0].name!r} is registered by {describe_providers(contest)}; "
+                "disable one of them (enabled = false in plugins.toml, or HOSTKIT_DISABLE_PLUGINS)")
         for record in self.records.values():
             if record.status == "broken" and _could_provide(record, pass_type, self.workspace):
                 return PluginLoadError(
@@ -260,6 +283,11 @@ class PluginHost:
     def plugin_header(self) -> str:
         loaded = [r for r in self.records.values() if r.status == "loaded"]
         return "plugins: " + (", ".join(f"{r.name}-{r.version or '?'}" for r in loaded) or "none")
+
+
+def _plain_run_pass(pm: pluggy.PluginManager, plugin: Any) -> bool:
+    return any(impl.plugin is plugin and not (impl.wrapper or impl.hookwrapper)
+               for impl in pm.hook.hostkit_run_pass.get_hookimpls())
 
 
 def _could_provide(record: PluginRecord, pass_type: str, workspace: Workspace) -> bool:

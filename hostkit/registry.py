@@ -8,7 +8,9 @@ with the plugin that provided them.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import re
 from typing import Any, Callable
 
 import attrs
@@ -58,9 +60,23 @@ class PluginInfo:
         return self.name
 
 
+_ENTRY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+def _valid_run(_instance: Any, _attribute: Any, value: Any) -> None:
+    if callable(value) or (isinstance(value, str) and _ENTRY.fullmatch(value)):
+        return
+    raise ValueError(f"run must be a callable or a \"module:function\" string, got {value!r}")
+
+
 @attrs.frozen
 class PassSpec:
     """A pass type (or an exporter) a plugin provides.
+
+    ``run`` is the pass's entry, ``run(config, model, context) -> handle``: a
+    callable, or a ``"module:function"`` string imported only when the pass runs
+    (so that registering stays light). The host calls exactly this entry for a
+    step of this type; wrappers of ``hostkit_run_pass`` see the call.
 
     ``check`` (optional) receives the structured config and a
     :class:`hostkit.config.CheckContext` and returns a list of problems, each
@@ -71,12 +87,23 @@ class PassSpec:
     name: str
     config_cls: type
     summary: str
+    run: str | Callable[[Any, Any, Any], Any] = attrs.field(validator=_valid_run)
     requires: Requirements = attrs.field(factory=Requirements)
     input_types: tuple[str, ...] = ("HfModel",)
     output_type: str | None = None  # None: same type as the input
     check: Callable[[Any, Any], list[str]] | None = None
     kind: str = "pass"
     plugin: PluginInfo | None = None
+
+    def entry(self) -> Callable[[Any, Any, Any], Any]:
+        """The run callable, importing its module now when ``run`` is a string."""
+        if callable(self.run):
+            return self.run
+        module_name, _, attr = self.run.partition(":")
+        target: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+        return target
 
 
 @attrs.frozen
@@ -137,11 +164,21 @@ class DuplicateRegistration(Exception):
     pass
 
 
+def describe_providers(specs: list[Any]) -> str:
+    return " and ".join(s.plugin.describe() if s.plugin else "the host" for s in specs)
+
+
 class Registry:
-    """All contributions of the loaded plugins, looked up case-insensitively."""
+    """All contributions of the loaded plugins, looked up case-insensitively.
+
+    A pass type registered by two plugins is *contested*: it is in neither
+    plugin's hands (:meth:`find_pass` returns ``None``) but in :attr:`contested`,
+    so a run that needs it stops naming both, and every other pass still works.
+    """
 
     def __init__(self) -> None:
         self.passes: dict[str, PassSpec] = {}
+        self.contested: dict[str, list[PassSpec]] = {}
         self.model_types: dict[str, ModelTypeSpec] = {}
         self.commands: dict[str, CommandSpec] = {}
 
@@ -155,7 +192,17 @@ class Registry:
         table[folded] = item
 
     def add_pass(self, spec: PassSpec) -> None:
-        self._add(self.passes, spec.name, spec, "pass type")
+        folded = spec.name.casefold()
+        if folded in self.contested:
+            self.contested[folded].append(spec)
+        elif folded in self.passes:
+            self.contested[folded] = [self.passes.pop(folded), spec]
+        else:
+            self.passes[folded] = spec
+
+    def contest(self, name: str) -> list[PassSpec]:
+        """The specs of every plugin that registered pass type ``name``, when more than one did."""
+        return list(self.contested.get(name.casefold(), []))
 
     def add_model_type(self, spec: ModelTypeSpec) -> None:
         self._add(self.model_types, spec.name, spec, "model type")
@@ -184,3 +231,10 @@ class Registry:
         for table in (self.passes, self.model_types, self.commands):
             for key in [k for k, v in table.items() if v.plugin and v.plugin.name == plugin_name]:
                 del table[key]
+        for key, specs in list(self.contested.items()):
+            left = [s for s in specs if not (s.plugin and s.plugin.name == plugin_name)]
+            if len(left) == 1:
+                del self.contested[key]
+                self.passes[key] = left[0]
+            else:
+                self.contested[key] = left

@@ -332,13 +332,7 @@ class Runner:
         reset_peak_rss()
         start = time.perf_counter()
         try:
-            if step.spec.kind == "exporter":
-                output = self.host.hooks.export_model(exporter=step.type, config=step.config, model=model, context=context)
-            else:
-                output = self.host.hooks.run_pass(pass_type=step.type, config=step.config, model=model, context=context)
-            if output is None:
-                raise PassError(f"no plugin ran pass type {step.type} (is {plugin.describe() if plugin else 'its plugin'} "
-                                "implementing hostkit_run_pass/hostkit_export_model for it?)")
+            output = self.host.hooks.run_pass(pass_type=step.type, config=step.config, model=model, context=context)
         except BaseException as exc:
             record.duration_s = round(time.perf_counter() - start, 3)
             record.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"

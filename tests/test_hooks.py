@@ -23,28 +23,30 @@ class Recorder:
     @hookimpl
     def hostkit_register(self, register):
         register.model_type(ModelTypeSpec("RecTar", RecTar, "test handle"))
-        register.pass_type(PassSpec(name="Rec", config_cls=_Opts, summary="records"))
-        register.exporter(PassSpec(name="RecExport", config_cls=_Opts, summary="exports", output_type="RecTar"))
+        register.pass_type(PassSpec(name="Rec", config_cls=_Opts, summary="records", run=self.run_rec))
+        register.exporter(PassSpec(name="RecExport", config_cls=_Opts, summary="exports", output_type="RecTar",
+                                   run=self.run_export))
 
     @hookimpl
     def hostkit_load_model(self, model, context):
         self.events.append(("load_model", type(model).__name__))
         return None  # the built-in loader answers
 
-    @hookimpl
+    @hookimpl(wrapper=True)
     def hostkit_run_pass(self, pass_type, config, model, context):
-        if pass_type != "Rec":
-            return None
+        self.events.append(("run_pass", pass_type))
+        output = yield
+        self.events.append(("ran_pass", pass_type, type(output).__name__))
+        return output
+
+    def run_rec(self, config, model, context):
         context.progress("working", 1, 1)
         context.report_metric("loss", 0.5, step=1)
         if config.fail:
             raise PassError("asked to fail")
         return model
 
-    @hookimpl
-    def hostkit_export_model(self, exporter, config, model, context):
-        if exporter != "RecExport":
-            return None
+    def run_export(self, config, model, context):
         (context.output_dir / "m.tar").write_text("x")
         return RecTar(path=str(context.output_dir / "m.tar"))
 
@@ -89,9 +91,10 @@ def test_every_hook_is_called_in_order(plugin_host, run_toml, tmp_path):
     assert recorder.events == [
         ("run_started", ["Rec", "RecExport"]),
         ("load_model", "HfModel"),
-        ("step_started", "Rec"), ("progress", "working", 1, 1), ("metric", "loss", 0.5, 1),
-        ("step_finished", "Rec", "ok"),
-        ("step_started", "RecExport"), ("step_finished", "RecExport", "ok"),
+        ("step_started", "Rec"), ("run_pass", "Rec"), ("progress", "working", 1, 1), ("metric", "loss", 0.5, 1),
+        ("ran_pass", "Rec", "HfModel"), ("step_finished", "Rec", "ok"),
+        ("step_started", "RecExport"), ("run_pass", "RecExport"), ("ran_pass", "RecExport", "RecTar"),
+        ("step_finished", "RecExport", "ok"),
         ("run_finished", 2, True),
     ]
     assert result.step(1)["output"]["type"] == "RecTar"
@@ -132,7 +135,8 @@ def test_a_crashing_check_is_reported_as_the_plugins_bug(plugin_host, run_toml, 
     class Crashy:
         @hookimpl
         def hostkit_register(self, register):
-            register.pass_type(PassSpec(name="Crashy", config_cls=_Opts, summary="crashes in check", check=check))
+            register.pass_type(PassSpec(name="Crashy", config_cls=_Opts, summary="crashes in check", check=check,
+                                        run=lambda config, model, context: model))
 
     register_plugin(plugin_host, Crashy(), "crashy", distribution="hostkit-crashy", version="9.9")
     result = run_toml('[model]\ntype = "HfModel"\npath = "m"\n[[passes]]\ntype = "Crashy"\n', host=plugin_host,

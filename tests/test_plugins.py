@@ -34,7 +34,7 @@ class Cfg:
 
 @hookimpl
 def hostkit_register(register):
-    register.pass_type(PassSpec(name="Old", config_cls=Cfg, summary="an old plugin"))
+    register.pass_type(PassSpec(name="Old", config_cls=Cfg, summary="an old plugin", run="hostkit_old:run"))
 """
 
 
@@ -111,7 +111,7 @@ def test_registration_failure_marks_plugin_broken_and_forgets_its_contributions(
     class Half:
         @hookimpl
         def hostkit_register(self, register):
-            register.pass_type(PassSpec(name="Half", config_cls=object, summary="x"))
+            register.pass_type(PassSpec(name="Half", config_cls=object, summary="x", run="half:run"))
             raise RuntimeError("boom")
 
     record = host.add_plugin(Half(), PluginRecord(name="half"))
@@ -119,17 +119,36 @@ def test_registration_failure_marks_plugin_broken_and_forgets_its_contributions(
     assert host.registry.find_pass("Half") is None
 
 
-def test_duplicate_pass_type_is_a_broken_second_plugin():
+def test_duplicate_pass_type_is_contested_by_both_plugins_not_won_by_one():
+    # before: the second plugin was marked broken and the first in sort order silently won
     host = PluginHost.discover(env={})
     clone = types.SimpleNamespace()
 
     @hookimpl
     def hostkit_register(register):
-        register.pass_type(PassSpec(name="echo", config_cls=object, summary="a clash"))
+        register.pass_type(PassSpec(name="echo", config_cls=object, summary="a clash", run="clone:run"))
 
     clone.hostkit_register = hostkit_register
-    record = host.add_plugin(clone, PluginRecord(name="clone"))
-    assert record.status == "broken" and "already provided by hostkit-echo 0.3.0" in record.error
+    record = host.add_plugin(clone, PluginRecord(name="clone", distribution="hostkit-clone", version="2.0"))
+    assert record.status == "loaded" and record.provides == ["echo"]
+    assert host.registry.find_pass("Echo") is None
+    assert [s.plugin.distribution for s in host.registry.contest("ECHO")] == ["hostkit-echo", "hostkit-clone"]
+    for name in ("echo", "clone"):
+        assert "'Echo' is registered by hostkit-echo 0.3.0 and hostkit-clone 2.0" in host.records[name].warning
+    problem = str(host.provider_problem("echo"))
+    assert "hostkit-echo 0.3.0 and hostkit-clone 2.0" in problem and "disable one" in problem
+    # forgetting the clone (a failed registration is rolled back) gives Echo back to its plugin
+    host.registry.remove_plugin("clone")
+    assert host.registry.find_pass("Echo").plugin.distribution == "hostkit-echo" and not host.registry.contested
+
+
+def test_pass_spec_run_must_name_an_entry():
+    import pytest
+
+    with pytest.raises(ValueError, match='run must be a callable or a "module:function" string'):
+        PassSpec(name="X", config_cls=object, summary="x", run="no_colon")
+    assert PassSpec(name="X", config_cls=object, summary="x", run="json:dumps").entry() is json.dumps
+    assert PassSpec(name="X", config_cls=object, summary="x", run="os.path:join").entry().__name__ == "join"
 
 
 def test_register_plugin_helper_raises_on_broken(plugin_host):

@@ -2,6 +2,7 @@
 
 INTERNAL_PLUGINS = (
     ("hostkit.models", "hostkit.builtin.models"),
+    ("hostkit.passes", "hostkit.builtin.passes"),
     ("hostkit.progress", "hostkit.builtin.progress"),
     ("hostkit.manifest", "hostkit.builtin.manifest"),
 )

@@ -22,8 +22,9 @@ class TestMyPass(PassConformance):
 Each test checks one promise a plugin makes to the host and its users: it is
 discoverable through its entry point, importing it pulls no heavy library, its
 config class is frozen, documented and round-trips, invalid options are
-reported with their TOML path, and the pass runs on the tiny model with an
-output handle that round-trips through JSON.
+reported with their TOML path, its ``PassSpec(run=...)`` entry is its own
+(importable, not contested by another plugin), and the pass runs on the tiny
+model with an output handle that round-trips through JSON.
 """
 
 from __future__ import annotations
@@ -76,6 +77,19 @@ class PassConformance:
         record = self._host().records[self.plugin_name]
         assert record.status == "loaded", record.error
         assert self.pass_type in record.provides
+
+    def test_run_entry_is_its_own(self) -> None:
+        host = self._host()
+        assert not host.registry.contest(self.pass_type), host.provider_problem(self.pass_type)
+        spec = self._spec()
+        assert spec.plugin is not None and spec.plugin.name == self.plugin_name, spec.plugin
+        if isinstance(spec.run, str):  # importable, without running it
+            import importlib.util
+
+            module = spec.run.partition(":")[0]
+            assert importlib.util.find_spec(module) is not None, f"run = {spec.run!r}: no module {module!r}"
+        else:
+            assert callable(spec.run)
 
     def test_import_is_light(self) -> None:
         module = self._entry_point().value.split(":")[0]

@@ -51,7 +51,7 @@ class WidgetConfig:
 
 @hookimpl
 def hostkit_register(register):
-    register.pass_type(PassSpec(name="Widget", config_cls=WidgetConfig, summary="a widget"))
+    register.pass_type(PassSpec(name="Widget", config_cls=WidgetConfig, summary="a widget", run="hostkit_gadgets:run"))
 
 @hookimpl
 def hostkit_run_passs(pass_type, config, model, context):  # misspelt

@@ -15,7 +15,7 @@ PASS_TYPE = "ExtractAdapters"
 @hookimpl
 def hostkit_register(register: Any) -> None:
     register.pass_type(PassSpec(
-        name=PASS_TYPE, config_cls=ExtractAdaptersConfig,
+        name=PASS_TYPE, config_cls=ExtractAdaptersConfig, run=run_extract,
         summary="take the LoRA weights out of an ONNX model so one model serves many adapters",
         requires=Requirements(modules={"onnx": "onnx>=1.16", "onnxruntime": "onnxruntime>=1.20",
                                        "numpy": "numpy>=1.24", "safetensors": "safetensors>=0.4"}),
@@ -25,10 +25,7 @@ def hostkit_register(register: Any) -> None:
         register.command(spec)
 
 
-@hookimpl
-def hostkit_run_pass(pass_type: str, config: ExtractAdaptersConfig, model: Any, context: Any) -> Any:
-    if pass_type != PASS_TYPE:
-        return None
+def run_extract(config: ExtractAdaptersConfig, model: Any, context: Any) -> Any:
     if not isinstance(model, OnnxModel):
         raise PassError(f"takes an OnnxModel, got {type(model).__name__} (export it with OnnxConversion first)")
     if model.adapter_mode in ("inputs", "external"):

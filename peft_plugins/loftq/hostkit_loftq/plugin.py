@@ -23,18 +23,9 @@ def check_loftq(config: LoftQConfig, context: Any) -> list[str]:
 @hookimpl
 def hostkit_register(register: Any) -> None:
     register.pass_type(PassSpec(
-        name="LoftQ", config_cls=LoftQConfig,
+        name="LoftQ", config_cls=LoftQConfig, run="hostkit_loftq.training:run_loftq",
         summary="LoftQ: quantization-aware LoRA init on an nf4 base, then fine-tune (arXiv:2310.08659)",
         requires=Requirements(modules={**REQUIRED_MODULES, "bitsandbytes": "bitsandbytes>=0.50"}, gpu="optional",
                               notes="runs on CPU (bitsandbytes >= 0.50) and CUDA; float32 on CPU by default"),
         check=check_loftq,
     ))
-
-
-@hookimpl
-def hostkit_run_pass(pass_type: str, config: Any, model: Any, context: Any) -> Any:
-    if pass_type != "LoftQ":
-        return None
-    from hostkit_loftq.training import run_loftq
-
-    return run_loftq(config, model, context)

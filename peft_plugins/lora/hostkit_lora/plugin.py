@@ -22,18 +22,9 @@ REQUIRED_MODULES = {
 @hookimpl
 def hostkit_register(register: Any) -> None:
     register.pass_type(PassSpec(
-        name="LoRA", config_cls=LoRAConfig,
+        name="LoRA", config_cls=LoRAConfig, run="hostkit_lora.training:run_lora",
         summary="fine-tune a LoRA adapter on a transformers model (arXiv:2106.09685)",
         requires=Requirements(modules=dict(REQUIRED_MODULES), gpu="optional",
                               notes="float32 on CPU, bfloat16 on GPU by default; torchrun for DDP"),
         check=check_lora,
     ))
-
-
-@hookimpl
-def hostkit_run_pass(pass_type: str, config: Any, model: Any, context: Any) -> Any:
-    if pass_type != "LoRA":
-        return None
-    from hostkit_lora.training import run_lora
-
-    return run_lora(config, model, context)

@@ -25,11 +25,18 @@ def _check(config: OnnxConversionConfig, context: Any) -> list[str]:
     return problems
 
 
+def run_export(config: OnnxConversionConfig, model: Any, context: Any) -> Any:
+    from hostkit_onnx_export.export import export_onnx  # torch, onnx: only when the pass runs
+
+    return export_onnx(model, config, context.output_dir, context)
+
+
 @hookimpl
 def hostkit_register(register: Any) -> None:
     register.exporter(PassSpec(
         name=EXPORTER,
         config_cls=OnnxConversionConfig,
+        run=run_export,
         summary="export an HfModel to ONNX; an unmerged LoRA adapter stays as weights named by the adapter contract",
         requires=Requirements(modules={"torch": "torch>=2.2", "transformers": "transformers>=4.45",
                                        "peft": "peft>=0.13", "onnx": "onnx>=1.16", "onnxscript": "onnxscript>=0.3"},
@@ -38,12 +45,3 @@ def hostkit_register(register: Any) -> None:
         output_type="OnnxModel",
         check=_check,
     ))
-
-
-@hookimpl
-def hostkit_export_model(exporter: str, config: Any, model: Any, context: Any) -> Any:
-    if exporter != EXPORTER:
-        return None
-    from hostkit_onnx_export.export import export_onnx
-
-    return export_onnx(model, config, context.output_dir, context)

@@ -120,6 +120,7 @@ def hostkit_register(register: Any) -> None:
     register.pass_type(PassSpec(
         name=PASS_TYPE,
         config_cls=QuantizationAwareTrainingConfig,
+        run="hostkit_qat.run:run_qat",
         summary="train with fake-quantized weights and activations, then convert to int8/int4 (arXiv:1712.05877)",
         requires=Requirements(modules={"torch": "torch>=2.2"}, gpu="no",
                               notes="eager back-end output runs on CPU (x86/fbgemm); Lightning and torchao are extras"),
@@ -127,12 +128,3 @@ def hostkit_register(register: Any) -> None:
         output_type="PyTorchModel",
         check=check,
     ))
-
-
-@hookimpl
-def hostkit_run_pass(pass_type: str, config: Any, model: Any, context: Any) -> Any:
-    if pass_type != PASS_TYPE:
-        return None
-    from hostkit_qat.run import run_qat
-
-    return run_qat(config, model, context)

@@ -19,22 +19,20 @@ def check_qlora(config: QLoRAConfig, context: Any) -> list[str]:
     return problems
 
 
+def run_qlora(config: QLoRAConfig, model: Any, context: Any) -> Any:
+    """LoRA's training with a 4-bit base (imported only when the pass runs)."""
+    from hostkit_lora.training import run_lora
+    from hostkit_qlora.quantized import QLoraTraining
+
+    return run_lora(config, model, context, training_cls=QLoraTraining)
+
+
 @hookimpl
 def hostkit_register(register: Any) -> None:
     register.pass_type(PassSpec(
-        name="QLoRA", config_cls=QLoRAConfig,
+        name="QLoRA", config_cls=QLoRAConfig, run=run_qlora,
         summary="fine-tune a LoRA adapter on a 4-bit nf4/fp4 base, CPU or CUDA (arXiv:2305.14314)",
         requires=Requirements(modules={**REQUIRED_MODULES, "bitsandbytes": "bitsandbytes>=0.50"}, gpu="optional",
                               notes="runs on CPU with bitsandbytes>=0.50 (float32 compute by default)"),
         check=check_qlora,
     ))
-
-
-@hookimpl
-def hostkit_run_pass(pass_type: str, config: Any, model: Any, context: Any) -> Any:
-    if pass_type != "QLoRA":
-        return None
-    from hostkit_lora.training import run_lora
-    from hostkit_qlora.quantized import QLoraTraining
-
-    return run_lora(config, model, context, training_cls=QLoraTraining)

@@ -14,13 +14,11 @@ from hostkit_echo.config import EchoConfig
 @hookimpl
 def hostkit_register(register: Any) -> None:
     register.pass_type(PassSpec(name="Echo", config_cls=EchoConfig, summary="write a message next to the model",
+                                run=run_echo,
                                 input_types=("HfModel", "OnnxModel", "PyTorchModel")))
 
 
-@hookimpl
-def hostkit_run_pass(pass_type: str, config: EchoConfig, model: Any, context: Any) -> Any:
-    if pass_type != "Echo":
-        return None
+def run_echo(config: EchoConfig, model: Any, context: Any) -> Any:
     if config.fail == "expected":
         raise PassError("asked to fail (fail = 'expected')")
     if config.fail == "bug":
