@@ -28,7 +28,7 @@ import attrs
 from hostkit import __version__, handles
 from hostkit.config import DataConfig, RunConfig, StepConfig
 from hostkit.errors import HostkitError, PassError
-from hostkit.fsutil import atomic_write_json, content_hash, fingerprint, peak_rss_mb, reset_peak_rss, stable_hash
+from hostkit.fsutil import atomic_write_json, content_hash, fingerprint, stable_hash
 from hostkit.hardware import distributed_rank
 from hostkit.plugins import PluginHost
 
@@ -329,12 +329,9 @@ class Runner:
                 partial.mkdir(parents=True, exist_ok=True)
 
         self.host.hooks.step_started(context=context)
-        reset_peak_rss()
-        start = time.perf_counter()
-        try:
+        try:  # duration, peak memory and captured library output: hostkit.builtin.measure
             output = self.host.hooks.run_pass(pass_type=step.type, config=step.config, model=model, context=context)
         except BaseException as exc:
-            record.duration_s = round(time.perf_counter() - start, 3)
             record.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             record.error = f"{type(exc).__name__}: {exc}"
             run._failed_record = record
@@ -347,8 +344,6 @@ class Runner:
             if isinstance(exc, OSError) and exc.errno is not None:
                 raise StepFailed(f"{where}: {exc.strerror}: {exc.filename or ''}".rstrip(": "), cause=exc, is_bug=False) from exc
             raise StepFailed(f"{where}: bug in the plugin: {type(exc).__name__}: {exc}", cause=exc, is_bug=True) from exc
-        record.duration_s = round(time.perf_counter() - start, 3)
-        record.peak_rss_mb = peak_rss_mb()
 
         run.barrier()
         if run.is_main_process:

@@ -8,6 +8,11 @@ those warnings and log lines (deduplicated, with counts) so that the pass can
 put them in the manifest's notes and log each once at DEBUG level. Warnings
 raised from the user's own code (a training loop, a LightningModule) are
 re-emitted unchanged.
+
+The host captures around every pass too (:mod:`hostkit.capture`, with the same
+message format and the same ``notes.library_warnings`` key, counts merged); this
+module adds what QAT knows: the loggers to take over inside its blocks, at DEBUG
+level, and which warnings come from the libraries it drives.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ import os
 import warnings
 from collections import Counter
 from typing import Iterator
+
+from hostkit.capture import Collector as _HostCollector
+from hostkit.capture import first_line as _first_line
 
 log = logging.getLogger("hostkit_qat")
 
@@ -31,21 +39,8 @@ LIBRARY_LOGGERS = ("torchao", "torch.utils._pytree", "pytorch_lightning", "light
                    "lightning")
 
 
-def _first_line(text: str, limit: int = 200) -> str:
-    line = " ".join(str(text).strip().split("\n", 1)[0].split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-class _Collector(logging.Handler):
-    def __init__(self, sink: Counter):
-        super().__init__(logging.DEBUG)
-        self.sink = sink
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.sink[f"log {record.name} {record.levelname}: {_first_line(record.getMessage())}"] += 1
-        except Exception:  # noqa: BLE001 - a log line must never break the pass
-            pass
+def _Collector(sink: Counter) -> logging.Handler:
+    return _HostCollector(sink, level=logging.DEBUG)
 
 
 class Captured:
