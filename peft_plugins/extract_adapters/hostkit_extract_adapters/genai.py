@@ -42,16 +42,13 @@ import numpy as np
 
 from hostkit.errors import MissingRequirement
 from hostkit_extract_adapters.infer import InferenceError
-from hostkit_extract_adapters.signature import AdapterMismatch, ModelSignature, Slot, read_signature
+from hostkit_extract_adapters.signature import AdapterMismatch, ModelSignature, read_signature
 
 GENAI_CONFIG = "genai_config.json"
 
 #: genai's search options that ``generate`` passes through (greedy when none is given)
 SEARCH_OPTIONS = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "random_seed",
                   "min_length", "no_repeat_ngram_size", "num_beams", "length_penalty")
-
-#: LoRA weights of onnxruntime-genai's model builder: ``model.layers.N.attn.q_proj.lora_A.MatMul.weight``
-_BUILDER_LORA = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B)\.MatMul\.weight$")
 
 _SESSION_STEP = "creating the onnxruntime-genai model"
 
@@ -81,53 +78,13 @@ def import_genai() -> Any:
     return og
 
 
-def builder_signature(model: Any, source: str) -> ModelSignature:
-    """The adapter slots of a ModelBuilder graph: inputs named ``....lora_[AB].MatMul.weight``.
-
-    Used when the graph carries no ``hostkit.adapters`` signature (a builder graph whose LoRA
-    weights were made inputs elsewhere); A is ``[in, r]`` and B ``[r, out]`` as in the contract.
-    """
-    from onnx import helper
-
-    from hostkit_adapters.contract import META_BASE_MODEL
-    from hostkit_extract_adapters.signature import _value_info_shape
-
-    initializers = {t.name for t in model.graph.initializer}
-    slots = {}
-    for value in model.graph.input:
-        match = _BUILDER_LORA.match(value.name)
-        if not match:
-            continue
-        dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
-        slots[value.name] = Slot(name=value.name, shape=_value_info_shape(value), dtype=dtype,
-                                 rank_axis=1 if match.group("kind") == "lora_A" else 0)
-    metadata = {p.key: p.value for p in model.metadata_props}
-    return ModelSignature(slots=slots, mode="inputs", optional=all(n in initializers for n in slots),
-                          base_model=metadata.get(META_BASE_MODEL), source=source)
-
-
 def model_signature(model_file: Path) -> ModelSignature:
-    """The adapter signature of a genai decoder graph (empty when it takes no adapters)."""
-    import onnx
-
+    """The adapter signature of a genai decoder graph (no slots when it takes no adapters, e.g. a
+    ModelBuilder output with its adapter built in)."""
     try:
         return read_signature(model_file)
-    except AdapterMismatch:  # no contract-named adapter inputs: maybe builder-named ones
-        proto = onnx.load(str(model_file), load_external_data=False)
-        return builder_signature(proto, source=str(model_file))
-
-
-def to_model_names(weights: Mapping[str, np.ndarray], signature: ModelSignature) -> dict[str, np.ndarray]:
-    """Contract names (``...self_attn.q_proj.lora_A.weight``) renamed to the builder's when the model
-    uses those (``...attn.q_proj.lora_A.MatMul.weight``); names the model has are kept."""
-    out = {}
-    for name, array in weights.items():
-        if name not in signature.slots:
-            builder = re.sub(r"\.(lora_[AB])\.weight$", r".\1.MatMul.weight", name.replace(".self_attn.", ".attn."))
-            if builder in signature.slots:
-                name = builder
-        out[name] = array
-    return out
+    except AdapterMismatch:
+        return ModelSignature(slots={}, source=str(model_file))
 
 
 @attrs.define
@@ -207,8 +164,9 @@ class GenaiSession:
                 loaded = load_weights(path)
                 weights, meta, model_version = loaded.weights, loaded.metadata, loaded.model_version
                 file_path = path if loaded.format == "onnx_adapter" else None
-        renamed = to_model_names(weights, self.signature)
-        arrays = self.signature.fit(renamed, meta, allow_partial=partial, adapter=label, model_version=model_version)
+        # fit maps contract names (a PEFT folder converted on the fly) onto the builder's, and checks
+        # names, shapes, dtype and the base model: genai itself checks none of them
+        arrays = self.signature.fit(weights, meta, allow_partial=partial, adapter=label, model_version=model_version)
         unchanged = set(arrays) == set(weights) and all(arrays[n] is weights[n] for n in arrays)
         if file_path is None or not unchanged:  # genai loads files only: write the fitted weights
             file_path = Path(self._tmp.name) / f"{len(self.adapters)}-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}"

@@ -1,101 +1,42 @@
 """Serving on onnxruntime-genai: one og.Model, one og.Adapters, adapters checked before genai loads them.
 
-The genai models are made here as ModelBuilder + ExtractAdapters would make them
-(:func:`build_genai_model`): onnxruntime-genai's model builder (``create_model``) on the tiny
-Llama with a PEFT adapter, then the LoRA initializers it writes
-(``model.layers.N.attn.q_proj.lora_A.MatMul.weight``, scaling folded into B) turned into graph
-inputs ``[in, lora_r]`` / ``[lora_r, out]`` with same-named zero-size defaults (what genai's
-multi-LoRA needs), and the built-in adapter saved as an ``.onnx_adapter`` with contract metadata.
-With ``precision="int4"`` the LoRA MatMuls are excluded from quantization (they stay float).
-References: torch PEFT greedy decoding of the same token ids.
+The genai models are made as a run file makes them: the ModelBuilder pass (onnxruntime-genai's
+builder on the tiny Llama with a PEFT adapter; int4 keeps the LoRA MatMuls float) and then
+ExtractAdapters (the builder's LoRA weights become graph inputs with zero-size defaults, the own
+adapter an ``.onnx_adapter``). References: torch PEFT greedy decoding of the same token ids.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from hostkit import HfModel
+from hostkit_extract_adapters.extract import extract_adapters
 from hostkit_extract_adapters.genai import GenaiSession
 from hostkit_extract_adapters.signature import AdapterMismatch
 from hostkit_extract_adapters.testing import make_peft_adapter, peft_greedy
+from hostkit_model_builder.build import build_model
+from hostkit_model_builder.config import ModelBuilderConfig
 
 PROMPT = "the capital of france is"
 NEW_TOKENS = 12
 
-ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP = ("gate_proj", "up_proj", "down_proj")
-
-
-def lora_node_names(base_dir: Path, target_modules: list[str]) -> list[str]:
-    """The builder's names of the LoRA MatMul nodes (``/model/layers.N/attn/q_proj/lora_A/MatMul``)."""
-    layers = json.loads((Path(base_dir) / "config.json").read_text())["num_hidden_layers"]
-    names = []
-    for i in range(layers):
-        for module in target_modules:
-            block = "attn" if module in ATTN else "mlp"
-            names += [f"/model/layers.{i}/{block}/{module}/lora_{k}/MatMul" for k in "AB"]
-    return names
-
 
 def run_builder(base_dir: Path, adapter_dir: Path | None, out_dir: Path, precision: str) -> Path:
-    """onnxruntime-genai's model builder as it is (LoRA weights built in as initializers, float with int4)."""
-    from onnxruntime_genai.models.builder import create_model, parse_extra_options
-
-    options = []
-    if adapter_dir is not None:
-        options.append(f"adapter_path={adapter_dir}")
-        if precision == "int4":
-            config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
-            names = lora_node_names(base_dir, list(config["target_modules"]))
-            options.append("nodes_to_exclude=" + ",".join(names))
-    args = (None, str(base_dir), str(out_dir), precision, "cpu", str(out_dir.parent / f"{out_dir.name}-cache"))
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        create_model(*args, **parse_extra_options(*args, options))
-    return out_dir
+    """The ModelBuilder pass alone: the adapter (if any) built in, float LoRA MatMuls at int4."""
+    handle = HfModel(path=str(base_dir), adapter_path=str(adapter_dir) if adapter_dir else None)
+    return Path(build_model(handle, ModelBuilderConfig(precision=precision), out_dir).path).parent
 
 
 def build_genai_model(base_dir: Path, adapter_dir: Path, out_dir: Path, precision: str = "fp32") -> tuple[Path, Path]:
-    """The genai folder with swappable LoRA inputs and the path of its own adapter's ``.onnx_adapter``."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    from hostkit_adapters.contract import adapter_metadata, base_model_identity
-    from hostkit_extract_adapters.weights import save_weights
-
-    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
-    run_builder(base_dir, adapter_dir, out_dir, precision)
-    model_file = out_dir / "model.onnx"
-    model = onnx.load(str(model_file))
-    own = {}
-    for tensor in list(model.graph.initializer):
-        if not tensor.name.endswith((".lora_A.MatMul.weight", ".lora_B.MatMul.weight")):
-            continue
-        array = numpy_helper.to_array(tensor)
-        own[tensor.name] = array
-        is_a = ".lora_A." in tensor.name
-        model.graph.initializer.remove(tensor)
-        empty = np.zeros((array.shape[0], 0) if is_a else (0, array.shape[1]), array.dtype)
-        model.graph.initializer.append(numpy_helper.from_array(empty, tensor.name))
-        shape = [array.shape[0], "lora_r"] if is_a else ["lora_r", array.shape[1]]
-        model.graph.input.append(helper.make_tensor_value_info(
-            tensor.name, helper.np_dtype_to_tensor_dtype(array.dtype), shape))
-    assert own, f"{model_file}: the builder wrote no LoRA weights"
-    identity = base_model_identity(str(base_dir))
-    entry = model.metadata_props.add()
-    entry.key, entry.value = "hostkit.base_model", identity
-    (out_dir / "model.onnx.data").unlink()
-    onnx.save(model, str(model_file), save_as_external_data=True, location="model.onnx.data")
-    dtype = next(iter(own.values())).dtype.name
-    adapter = save_weights(own, out_dir / "adapter_weights.onnx_adapter", "onnx_adapter",
-                           adapter_metadata(config, base_model=identity, dtype=dtype))
-    return out_dir, adapter
+    """ModelBuilder then ExtractAdapters: the genai folder with swappable LoRA inputs, and its own adapter file."""
+    built = run_builder(base_dir, adapter_dir, out_dir / "built", precision)
+    result = extract_adapters(built / "model.onnx", out_dir / "extracted", tokenizer_dir=built)
+    return result.model_path.parent, result.weights_path
 
 
 class GenaiCase:
@@ -166,7 +107,7 @@ def test_int4_base_with_float_lora_switches_like_the_builders_own_builds(genai_c
     assert {n.input[1] for n in ops["MatMul"]} == set(lora_inputs)  # the LoRA MatMuls stayed float
     assert all(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for i in lora_inputs.values())
 
-    baked = GenaiSession(run_builder(genai_case.base_dir, genai_case.own_dir, tmp_path / "int4-baked", "int4"))
+    baked = GenaiSession(folder.parent / "built")  # the builder's int4 graph with the adapter built in
     plain = GenaiSession(run_builder(genai_case.base_dir, None, tmp_path / "int4-base", "int4"))
     session = GenaiSession(folder, threads=1)
     session.load_adapter("own", own_file)
