@@ -241,6 +241,13 @@ def cmd_schema(args: argparse.Namespace, host: PluginHost, stream: Any) -> int:
     from hostkit.schema import markdown_table, table_template, toml_template
 
     host_tables = _host_tables(host)
+    data_types = _data_type_groups(host, args.pass_type)
+    if data_types:
+        print("\n".join(markdown_table(cls) if args.markdown else
+                        table_template(cls, f"[data.NAME]\ntype = {json.dumps(names[0])}",
+                                       f"data type {' | '.join(names)}: {summary} [{plugin}]")
+                        for cls, names, summary, plugin in data_types), end="")
+        return EXIT_OK
     if args.pass_type.casefold() in host_tables:
         cls, header, title = host_tables[args.pass_type.casefold()]
         print(markdown_table(cls) if args.markdown else table_template(cls, header, title), end="")
@@ -257,12 +264,21 @@ def cmd_schema(args: argparse.Namespace, host: PluginHost, stream: Any) -> int:
     return EXIT_OK
 
 
+def _data_type_groups(host: PluginHost, wanted: str) -> list[tuple[type, list[str], str, str]]:
+    """For ``schema data`` (every data type) or ``schema TYPE``: (class, type names, summary, plugin) per class."""
+    groups: dict[type, tuple[type, list[str], str, str]] = {}
+    for spec in host.registry.data_types.values():
+        if wanted.casefold() in ("data", spec.name.casefold()):
+            plugin = spec.plugin.describe() if spec.plugin else "hostkit"
+            groups.setdefault(spec.config_cls, (spec.config_cls, [], spec.summary, plugin))[1].append(spec.name)
+    return list(groups.values())
+
+
 def _host_tables(host: PluginHost) -> dict[str, tuple[type, str, str]]:
     """The run file's own tables, by the name ``hostkit schema`` takes: data, output, and each model type."""
-    from hostkit.config import DataConfig, OutputConfig
+    from hostkit.config import OutputConfig
 
-    tables = {"data": (DataConfig, "[data.NAME]", "a named data config, referenced by passes"),
-              "output": (OutputConfig, "[output]", "where step folders and manifest.json go")}
+    tables = {"output": (OutputConfig, "[output]", "where step folders and manifest.json go")}
     for spec in host.registry.model_types.values():
         tables[spec.name.casefold()] = (spec.cls, f"[model]\ntype = {json.dumps(spec.name)}", f"{spec.name}: {spec.summary}")
     return tables

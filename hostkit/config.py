@@ -281,54 +281,6 @@ def collect(problems: list[str], data: Any, cls: Any, path: str) -> Any:
 # -- the tables of a run file that belong to the host -----------------------------
 
 
-def _exactly_one_text_source(instance: "DataConfig") -> None:
-    sources = [n for n in ("text_field", "text_template", "messages_field") if getattr(instance, n)]
-    if len(sources) > 1:
-        raise ValueError(f"set only one of text_field, text_template, messages_field (got {', '.join(sources)})")
-
-
-DATA_TYPES = ("jsonl", "json", "csv", "text", "parquet", "hf-disk", "hub", "npz", "user_script")
-
-
-@attrs.frozen
-class DataConfig:
-    """A named ``[data.NAME]`` table: where examples come from and how to read them.
-
-    Loading is done by :mod:`hostkit.data` (``datasets`` is imported only there).
-    """
-
-    type: str = option(help="jsonl, json, csv, text, parquet, hf-disk (save_to_disk), hub, npz or user_script",
-                       validator=one_of(*DATA_TYPES))
-    path: str | None = option(None, help="file or folder (relative to the run file); a dataset name for type = \"hub\"", path=True)
-    split: str = option("train", help="split to read (hub and hf-disk DatasetDict)")
-    text_field: str | None = option(None, help="column holding the training text")
-    text_template: str | None = option(None, help="template with {column} placeholders, e.g. \"### Q: {question}\\n### A: {answer}\"")
-    messages_field: str | None = option(None, help="column of chat messages, rendered with the tokenizer's chat template")
-    label_field: str | None = option(None, help="column holding the label (text-classification, npz)")
-    labels: list[str] | None = option(None, help="label set in index order (default: sorted distinct values)")
-    input_field: str | None = option(None, help="array holding the inputs (npz)")
-    max_seq_len: int = option(512, help="tokens per example (longer examples are cut)", validator=positive)
-    max_samples: int | None = option(None, help="use at most this many examples", validator=positive)
-    shuffle: bool = option(False, help="shuffle before taking max_samples")
-    seed: int = option(42, help="seed of the shuffle")
-    packing: str = option("none", help="none, or join: concatenate all examples and cut into max_seq_len blocks",
-                          validator=one_of("none", "join"))
-    add_special_tokens: bool = option(True, help="let the tokenizer add BOS/EOS tokens")
-    response_template: str | None = option(None, help="train only on the text after the first occurrence of this "
-                                                      "string (e.g. \"Answer:\"); the prompt before it is not scored")
-    append_eos: bool = option(False, help="end every causal-LM example with the EOS token, so the model learns to stop")
-    batch_size: int = option(32, help="batch size for tensor data (npz, user_script)", validator=positive)
-    user_script: str | None = option(None, help="Python file defining dataloader_func (type = \"user_script\")", path=True)
-    dataloader_func: str | None = option(None, help="function in user_script returning an iterable of (inputs, labels) batches")
-
-    def __attrs_post_init__(self) -> None:
-        _exactly_one_text_source(self)
-        if self.type not in ("hub", "user_script") and not self.path:
-            raise ValueError(f"type = {self.type!r} needs a path")
-        if self.type == "user_script" and not (self.user_script and self.dataloader_func):
-            raise ValueError("type = \"user_script\" needs user_script and dataloader_func")
-
-
 @attrs.frozen
 class OutputConfig:
     """The ``[output]`` table."""
@@ -367,7 +319,7 @@ class RunConfig:
 
     source: Path
     model: Any
-    data: dict[str, DataConfig]
+    data: dict[str, Any]  # name -> a DataTable subclass instance
     steps: list[StepConfig]
     output: OutputConfig
     raw: dict[str, Any]
@@ -382,7 +334,7 @@ class CheckContext:
     """What a pass's ``check`` callback may look at during validation."""
 
     run_file: Path
-    data: dict[str, DataConfig]
+    data: dict[str, Any]  # name -> a DataTable subclass instance
     model: Any
 
 
@@ -484,7 +436,7 @@ def field_summary(cls: type) -> list[tuple[str, str, str, str]]:
 
 
 __all__ = [
-    "CheckContext", "ConfigError", "DataConfig", "OutputConfig", "RunConfig", "StepConfig",
+    "CheckContext", "ConfigError", "OutputConfig", "RunConfig", "StepConfig",
     "collect", "converter", "did_you_mean", "field_summary", "non_negative", "positive",
     "read_toml", "resolve_path", "resolve_paths", "structure_strict",
 ]

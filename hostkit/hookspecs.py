@@ -41,6 +41,7 @@ def hostkit_register(register: "Registrar") -> None:
 
     Call ``register.pass_type(PassSpec(...))`` for each pass type,
     ``register.model_type(ModelTypeSpec(...))`` for each model handle type,
+    ``register.data_type(DataTypeSpec(...))`` for each ``[data.NAME]`` type,
     ``register.exporter(PassSpec(...))`` for each exporter (each names its
     ``run`` entry) and
     ``register.command(CommandSpec(...))`` for each CLI command. Must not import

@@ -15,15 +15,17 @@ NOTHING = attrs.NOTHING
 
 
 def option(default: Any = NOTHING, *, help: str, factory: Callable[[], Any] | None = None,
-           validator: Any = None, path: bool = False, hub: bool = False) -> Any:
+           validator: Any = None, path: bool = False, hub: bool = False, data: bool = False) -> Any:
     """An attrs field with a help line.
 
     ``path=True`` marks a field holding a file or folder: the host resolves it
     against the run file's folder and fingerprints it for the step cache.
     ``hub=True`` (with ``path``) lets a value of the form ``org/name`` that is
     not a local path stay a hub id.
+    ``data=True`` marks a field naming a ``[data.NAME]`` table: the host checks
+    that the table exists and fingerprints its files for the step cache.
     """
-    metadata = {"help": help, "path": path, "hub": hub}
+    metadata = {"help": help, "path": path, "hub": hub, "data": data}
     if factory is not None:
         return attrs.field(factory=factory, validator=validator, metadata=metadata)
     return attrs.field(default=default, validator=validator, metadata=metadata)
@@ -67,3 +69,7 @@ def help_of(field: attrs.Attribute) -> str:
 
 def is_path_field(field: attrs.Attribute) -> bool:
     return bool((field.metadata or {}).get("path"))
+
+
+def is_data_field(field: attrs.Attribute) -> bool:
+    return bool((field.metadata or {}).get("data"))

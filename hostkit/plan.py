@@ -14,9 +14,10 @@ from typing import Any
 import attrs
 
 from hostkit.config import (
-    CheckContext, DataConfig, OutputConfig, RunConfig, StepConfig, collect, did_you_mean,
+    CheckContext, OutputConfig, RunConfig, StepConfig, collect, did_you_mean,
     read_toml, resolve_local, resolve_paths, structure_strict,
 )
+from hostkit.options import is_data_field, is_path_field
 from hostkit.errors import ConfigError, PluginLoadError
 from hostkit.hardware import cuda_visible
 from hostkit.plugins import PluginHost
@@ -78,29 +79,16 @@ def plan_run(run_file: Path, host: PluginHost, *, output_dir: str | None = None)
                     problems.append(f"model.gguf_file: {Path(model.path) / gguf} does not exist")
 
     # [data.NAME]
-    data: dict[str, DataConfig] = {}
     data_raw = raw.get("data", {})
     if not isinstance(data_raw, dict):
         problems.append("data: expected tables [data.NAME]")
         data_raw = {}
+    data = {}
     for name, table in data_raw.items():
-        cfg = collect(problems, table, DataConfig, f"data.{name}")
-        if cfg is None:
-            raw_path = table.get("path") if isinstance(table, dict) else None
-            if isinstance(raw_path, str) and table.get("type") != "hub":
-                resolved_raw_path = resolve_local(raw_path, base)
-                if not Path(resolved_raw_path).exists():
-                    problems.append(f"data.{name}.path: {resolved_raw_path} does not exist")
-            continue
-        hub_name = cfg.path if cfg.type == "hub" else None
-        cfg = resolve_paths(cfg, base)
-        if hub_name is not None:
-            cfg = attrs.evolve(cfg, path=hub_name)
-        for field_name in ("path", "user_script"):
-            value = getattr(cfg, field_name)
-            if value and (cfg.type != "hub" or field_name != "path") and not Path(value).exists():
-                problems.append(f"data.{name}.{field_name}: {value} does not exist")
-        data[name] = cfg
+        table_problems, cfg = _plan_data_table(name, table, host, base)
+        problems += table_problems
+        if cfg is not None:
+            data[name] = cfg
 
     # [output]
     output = collect(problems, raw.get("output", {}), OutputConfig, "output") or OutputConfig()
@@ -177,7 +165,7 @@ def plan_run(run_file: Path, host: PluginHost, *, output_dir: str | None = None)
         config = resolve_paths(config, base)
         for field in attrs.fields(type(config)):
             value = getattr(config, field.name)
-            if field.name.endswith("data_config") and isinstance(value, str) and value not in data_raw:
+            if is_data_field(field) and isinstance(value, str) and value not in data_raw:
                 known = ", ".join(sorted(data_raw)) or "none defined"
                 problems.append(f"{where}.{field.name}: no [data.{value}] table (defined: {known})"
                                 + did_you_mean(value, data_raw))
@@ -206,6 +194,42 @@ def plan_run(run_file: Path, host: PluginHost, *, output_dir: str | None = None)
     resolved_raw = dict(raw)
     resolved_raw["passes"] = resolved_passes
     return RunConfig(source=run_file, model=model, data=data, steps=steps, output=output, raw=resolved_raw)
+
+
+def _plan_data_table(name: str, table: Any, host: PluginHost, base: Path) -> tuple[list[str], Any]:
+    """One ``[data.NAME]`` table structured by its registered type's class: (problems, table or None)."""
+    where = f"data.{name}"
+    if not isinstance(table, dict):
+        return [f"{where}: expected a table"], None
+    type_name = table.get("type")
+    spec = host.registry.find_data_type(type_name) if isinstance(type_name, str) else None
+    if spec is None:
+        known = sorted(s.name for s in host.registry.data_types.values())
+        hint = did_you_mean(type_name, known) if isinstance(type_name, str) else ""
+        problems = [f"{where}.type: expected one of {', '.join(known) or 'no data types installed'}, "
+                    f"got {type_name!r}{hint}"]
+        return problems + _missing_paths(where, table, None, base), None
+    table = dict(table, type=spec.name)
+    problems: list[str] = []
+    cfg = collect(problems, table, spec.config_cls, where)
+    if cfg is None:
+        return problems + _missing_paths(where, table, spec.config_cls, base), None
+    cfg = resolve_paths(cfg, base)
+    return _missing_paths(where, attrs.asdict(cfg, recurse=False), spec.config_cls, base, resolved=True), cfg
+
+
+def _missing_paths(where: str, values: dict[str, Any], cls: type | None, base: Path, *,
+                   resolved: bool = False) -> list[str]:
+    """``<where>.<field>: <path> does not exist`` for each local path field of ``cls`` (``None``: ``path``)."""
+    names = [f.name for f in attrs.fields(cls) if is_path_field(f)] if cls is not None else ["path"]
+    problems = []
+    for field_name in names:
+        value = values.get(field_name)
+        if isinstance(value, str) and value:
+            local = value if resolved else resolve_local(value, base)
+            if not Path(local).exists():
+                problems.append(f"{where}.{field_name}: {local} does not exist")
+    return problems
 
 
 def _without_faulty_keys(options: dict[str, Any], cls: type, found: list[str], where: str) -> Any:

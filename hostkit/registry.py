@@ -1,4 +1,4 @@
-"""What plugins provide: pass types, model types, exporters and CLI commands.
+"""What plugins provide: pass types, exporters, model types, data types and CLI commands.
 
 Plugins describe each contribution with a small frozen record and hand it to the
 ``register`` callback of :func:`hostkit.hookspecs.hostkit_register`. The host
@@ -117,6 +117,21 @@ class ModelTypeSpec:
 
 
 @attrs.frozen
+class DataTypeSpec:
+    """A data type usable as ``[data.NAME] type = ...``.
+
+    ``config_cls`` is a frozen attrs subclass of :class:`hostkit.data.DataTable`
+    holding the type's options; one class may serve several type names
+    (jsonl, csv, parquet ... read the same options).
+    """
+
+    name: str
+    config_cls: type
+    summary: str = ""
+    plugin: PluginInfo | None = None
+
+
+@attrs.frozen
 class CommandSpec:
     """An extra ``hostkit`` subcommand contributed by a plugin.
 
@@ -154,6 +169,13 @@ class Registrar:
             raise ValueError(f"model type {spec.name!r} must be registered under its class name {spec.cls.__name__!r}")
         self._registry.add_model_type(attrs.evolve(spec, plugin=self._plugin))
 
+    def data_type(self, spec: DataTypeSpec) -> None:
+        from hostkit.data import DataTable
+
+        if not (isinstance(spec.config_cls, type) and issubclass(spec.config_cls, DataTable)):
+            raise ValueError(f"data type {spec.name!r}: config_cls must subclass hostkit.data.DataTable")
+        self._registry.add_data_type(attrs.evolve(spec, plugin=self._plugin))
+
     def command(self, spec: CommandSpec) -> None:
         if spec.name in BUILTIN_COMMANDS:
             raise ValueError(f"command {spec.name!r} is one of hostkit's own commands")
@@ -180,6 +202,7 @@ class Registry:
         self.passes: dict[str, PassSpec] = {}
         self.contested: dict[str, list[PassSpec]] = {}
         self.model_types: dict[str, ModelTypeSpec] = {}
+        self.data_types: dict[str, DataTypeSpec] = {}
         self.commands: dict[str, CommandSpec] = {}
 
     def _add(self, table: dict, key: str, item: Any, what: str) -> None:
@@ -207,6 +230,12 @@ class Registry:
     def add_model_type(self, spec: ModelTypeSpec) -> None:
         self._add(self.model_types, spec.name, spec, "model type")
 
+    def add_data_type(self, spec: DataTypeSpec) -> None:
+        self._add(self.data_types, spec.name, spec, "data type")
+
+    def find_data_type(self, name: str) -> DataTypeSpec | None:
+        return self.data_types.get(name.casefold())
+
     def add_command(self, spec: CommandSpec) -> None:
         self._add(self.commands, spec.name, spec, "command")
 
@@ -228,7 +257,7 @@ class Registry:
 
     def remove_plugin(self, plugin_name: str) -> None:
         """Forget everything a plugin registered (used when its registration fails half-way)."""
-        for table in (self.passes, self.model_types, self.commands):
+        for table in (self.passes, self.model_types, self.data_types, self.commands):
             for key in [k for k, v in table.items() if v.plugin and v.plugin.name == plugin_name]:
                 del table[key]
         for key, specs in list(self.contested.items()):

@@ -26,7 +26,8 @@ from typing import Any
 import attrs
 
 from hostkit import __version__, handles
-from hostkit.config import DataConfig, RunConfig, StepConfig
+from hostkit.config import RunConfig, StepConfig
+from hostkit.options import is_data_field
 from hostkit.errors import HostkitError, PassError
 from hostkit.fsutil import atomic_write_json, content_hash, fingerprint, stable_hash
 from hostkit.hardware import distributed_rank
@@ -84,7 +85,8 @@ class RunContext:
     def base_dir(self) -> Path:
         return self.config.base_dir
 
-    def data_config(self, name: str) -> DataConfig:
+    def data_config(self, name: str) -> Any:
+        """The ``[data.NAME]`` table, an instance of its data type's class (a :class:`hostkit.data.DataTable`)."""
         return self.config.data[name]
 
     def barrier(self) -> None:
@@ -128,7 +130,7 @@ class StepContext:
     def is_main_process(self) -> bool:
         return self.run.is_main_process
 
-    def data_config(self, name: str) -> DataConfig:
+    def data_config(self, name: str) -> Any:
         return self.run.data_config(name)
 
     def report_metric(self, name: str, value: Any, step: int | None = None) -> None:
@@ -258,13 +260,13 @@ class Runner:
         })
 
     def _data_fingerprints(self, step: StepConfig) -> dict[str, Any]:
-        """The data configs the step names (``*_data_config`` options), with their files' fingerprints."""
+        """The data tables the step names (``option(data=True)`` fields), with their files' fingerprints."""
         from hostkit.config import converter
 
         out = {}
         for field in attrs.fields(type(step.config)):
             name = getattr(step.config, field.name)
-            if field.name.endswith("data_config") and isinstance(name, str) and name in self.config.data:
+            if is_data_field(field) and isinstance(name, str) and name in self.config.data:
                 data = self.config.data[name]
                 out[name] = {"config": converter.unstructure(data), "files": _input_fingerprint(data)}
         return out

@@ -6,7 +6,8 @@ import attrs
 import pytest
 
 from hostkit import option, positive
-from hostkit.config import DataConfig, did_you_mean, structure_strict
+from hostkit.config import did_you_mean, structure_strict
+from hostkit_lora.data import TextData as DataConfig
 from hostkit.errors import ConfigError
 from hostkit.handles import HfModel
 

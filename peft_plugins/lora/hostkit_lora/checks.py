@@ -11,9 +11,8 @@ from typing import Any
 
 from hostkit.hardware import cuda_visible
 
+from hostkit_lora.data import TEXT_TYPES, TextData
 from hostkit_lora.training_args import check_training_args
-
-TEXT_DATA_TYPES = ("jsonl", "json", "csv", "text", "parquet", "hf-disk", "hub")
 
 
 def check_lora(config: Any, context: Any) -> list[str]:
@@ -33,8 +32,9 @@ def check_lora(config: Any, context: Any) -> list[str]:
         if data is None:
             continue  # the host reports names without a [data.NAME] table
         where = f"{option}: data.{name}"
-        if data.type not in TEXT_DATA_TYPES:
-            problems.append(f"{where} has type = {data.type!r}; training on text needs one of {', '.join(TEXT_DATA_TYPES)}")
+        if not isinstance(data, TextData):
+            problems.append(f"{where} has type = {data.type!r}; training on text needs one of {', '.join(TEXT_TYPES)}")
+            continue
         if task == "text-classification":
             if not data.label_field:
                 problems.append(f"{where} needs label_field for a text-classification model")

@@ -37,8 +37,9 @@ def _target_modules(_instance: Any, _attribute: Any, value: Any) -> None:
 class LoRAConfig:
     """Options of ``type = "LoRA"`` (LoRA, arXiv:2106.09685)."""
 
-    train_data_config: str = option(help="name of the [data.NAME] table to train on")
-    eval_data_config: str | None = option(None, help="name of the [data.NAME] table for the eval loss (optional)")
+    train_data_config: str = option(help="name of the [data.NAME] table to train on", data=True)
+    eval_data_config: str | None = option(None, help="name of the [data.NAME] table for the eval loss (optional)",
+                                          data=True)
     r: int = option(64, help="LoRA rank", validator=positive)
     alpha: float = option(16.0, help="LoRA alpha; the update is scaled by alpha/r (alpha/sqrt(r) with use_rslora)",
                           validator=positive)

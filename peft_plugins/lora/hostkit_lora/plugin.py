@@ -8,6 +8,7 @@ from hostkit import PassSpec, Requirements, hookimpl
 
 from hostkit_lora.checks import check_lora
 from hostkit_lora.config import LoRAConfig
+from hostkit_lora.data import data_type_specs
 
 #: What every pass of the LoRA family needs (QLoRA and LoftQ add bitsandbytes).
 REQUIRED_MODULES = {
@@ -28,3 +29,5 @@ def hostkit_register(register: Any) -> None:
                               notes="float32 on CPU, bfloat16 on GPU by default; torchrun for DDP"),
         check=check_lora,
     ))
+    for spec in data_type_specs():  # the text tables QLoRA and LoftQ train on too
+        register.data_type(spec)

@@ -1,6 +1,6 @@
 """Turning a ``[data.NAME]`` table into tokenized training examples.
 
-Rows come from :func:`hostkit.data.load_rows` (the host reads the files); this
+Rows come from :func:`hostkit_lora.data.load_rows`; the options are :class:`TextData`'s; this
 module picks the text (``text_field``, ``text_template`` with ``{column}``
 placeholders, or ``messages_field`` rendered by the tokenizer's chat template),
 tokenizes it, packs it (Olive's ``join`` strategy) and builds the collators.
@@ -21,7 +21,7 @@ import string
 from typing import Any
 
 from hostkit import PassError
-from hostkit.config import DataConfig
+from hostkit_lora.data import TextData
 
 IGNORE_INDEX = -100
 
@@ -43,7 +43,7 @@ def _template_fields(template: str) -> list[str]:
     return [name for _, name, _, _ in string.Formatter().parse(template) if name]
 
 
-def texts_of(rows: Any, config: DataConfig, name: str, tokenizer: Any) -> list[str]:
+def texts_of(rows: Any, config: TextData, name: str, tokenizer: Any) -> list[str]:
     """The training text of each row, as the data config says."""
     where = f"data.{name}"
     columns = list(rows.column_names)
@@ -78,7 +78,7 @@ def texts_of(rows: Any, config: DataConfig, name: str, tokenizer: Any) -> list[s
     return list(values)
 
 
-def _encode(tokenizer: Any, texts: list[str], config: DataConfig, *, truncate: bool) -> list[list[int]]:
+def _encode(tokenizer: Any, texts: list[str], config: TextData, *, truncate: bool) -> list[list[int]]:
     bos = tokenizer.bos_token
     ids: list[list[int]] = []
     # A chat template usually writes BOS itself: do not add a second one.
@@ -104,7 +104,7 @@ def _pack(ids: list[list[int]], block: int, eos_id: int | None) -> list[list[int
     return blocks or [stream[:block]]
 
 
-def _response_labels(tokenizer: Any, texts: list[str], ids: list[list[int]], config: DataConfig,
+def _response_labels(tokenizer: Any, texts: list[str], ids: list[list[int]], config: TextData,
                      name: str) -> list[list[int]]:
     """Labels that score only the tokens after ``config.response_template``."""
     template = config.response_template
@@ -130,7 +130,7 @@ def _response_labels(tokenizer: Any, texts: list[str], ids: list[list[int]], con
     return labels
 
 
-def causal_lm_dataset(rows: Any, config: DataConfig, name: str, tokenizer: Any) -> ExampleDataset:
+def causal_lm_dataset(rows: Any, config: TextData, name: str, tokenizer: Any) -> ExampleDataset:
     """Examples for ``text-generation``: ``input_ids``, ``attention_mask``, ``labels``."""
     texts = texts_of(rows, config, name, tokenizer)
     ids = _encode(tokenizer, texts, config, truncate=config.packing == "none")
@@ -150,7 +150,7 @@ def causal_lm_dataset(rows: Any, config: DataConfig, name: str, tokenizer: Any) 
     return ExampleDataset([{"input_ids": seq, "attention_mask": [1] * len(seq), "labels": list(seq)} for seq in ids])
 
 
-def label_set(rows: Any, config: DataConfig, name: str) -> list[str]:
+def label_set(rows: Any, config: TextData, name: str) -> list[str]:
     """The labels in index order: ``labels`` of the data config, else the sorted distinct values."""
     if not config.label_field:
         raise PassError(f"data.{name}.label_field: required for text-classification (columns: {', '.join(rows.column_names)})")
@@ -162,7 +162,7 @@ def label_set(rows: Any, config: DataConfig, name: str) -> list[str]:
     return sorted({str(v) for v in values})
 
 
-def classification_dataset(rows: Any, config: DataConfig, name: str, tokenizer: Any,
+def classification_dataset(rows: Any, config: TextData, name: str, tokenizer: Any,
                            labels: list[str]) -> ExampleDataset:
     """Examples for ``text-classification``: ``input_ids``, ``attention_mask``, ``labels`` (an index)."""
     if config.packing != "none":

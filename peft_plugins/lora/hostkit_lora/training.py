@@ -66,7 +66,7 @@ import transformers
 from transformers import TrainerCallback
 
 from hostkit import HfModel, MissingRequirement, PassError
-from hostkit.data import load_rows
+from hostkit_lora.data import load_rows
 
 from hostkit_lora.config import LoRAConfig
 from hostkit_lora.tokenization import Collator, causal_lm_dataset, classification_dataset, label_set

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from hostkit import PassError
-from hostkit.config import DataConfig
-from hostkit.data import load_rows
+from hostkit_lora.data import TextData as DataConfig
+from hostkit_lora.data import load_rows
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,8 @@ class QuantizationAwareTrainingConfig:
         None, help="mode (b): LightningDataModule class or factory in user_script, called with no arguments")
     # -- mode (c): the default loop
     train_data_config: str | None = option(
-        None, help="mode (c): [data.NAME] of (inputs, labels) batches (type npz or user_script) for the default loop")
+        None, help="mode (c): [data.NAME] of (inputs, labels) batches (type npz or user_script) for the default loop",
+        data=True)
     learning_rate: float = option(1e-3, validator=positive, help="mode (c): Adam learning rate of the default loop")
     # -- length of training (modes b and c)
     num_epochs: int | None = option(None, validator=positive, help="modes (b), (c): passes over the training data")
@@ -58,7 +59,8 @@ class QuantizationAwareTrainingConfig:
     do_validate: bool | None = option(
         None, help="measure accuracy after training (default: when val_data_config is set)")
     val_data_config: str | None = option(
-        None, help="[data.NAME] of (inputs, labels) batches: top-1 accuracy of the fake-quantized and the converted model")
+        None, help="[data.NAME] of (inputs, labels) batches: top-1 accuracy of the fake-quantized and the converted model",
+        data=True)
     # -- quantization
     backend: str = option("eager", validator=one_of(*BACKENDS),
                           help="eager: torch.ao.quantization eager mode, static int8 TorchScript for CPU; "

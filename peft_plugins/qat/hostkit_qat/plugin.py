@@ -14,11 +14,11 @@ import attrs
 
 from hostkit import PassSpec, PyTorchModel, Requirements, hookimpl
 from hostkit_qat.config import QuantizationAwareTrainingConfig
+from hostkit_qat.data import TENSOR_TYPES, TensorData, data_type_specs
 
 PASS_TYPE = "QuantizationAwareTraining"
 LIGHTNING_INSTALL = "pip install 'hostkit-qat[lightning]'"
 TORCHAO_INSTALL = "pip install 'hostkit-qat[torchao]'"
-TENSOR_DATA_TYPES = ("npz", "user_script")
 EAGER_ONLY = ("modules_to_fuse", "qconfig_func")
 TORCHAO_ONLY = ("scheme", "group_size")
 
@@ -105,7 +105,7 @@ def check(config: QuantizationAwareTrainingConfig, context: Any) -> list[str]:
         cfg = data.get(name) if name else None
         if cfg is None:
             continue  # unknown names are reported by the host
-        if cfg.type not in TENSOR_DATA_TYPES:
+        if not isinstance(cfg, TensorData):
             problems.append(f"{option}: data.{name} has type {cfg.type!r}; QuantizationAwareTraining reads "
                             f"(inputs, labels) tensors: type \"npz\" or \"user_script\"")
         elif cfg.type == "npz":
@@ -128,3 +128,5 @@ def hostkit_register(register: Any) -> None:
         output_type="PyTorchModel",
         check=check,
     ))
+    for spec in data_type_specs():
+        register.data_type(spec)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from hostkit import PassError
-from hostkit.data import load_arrays, user_batches
+from hostkit_qat.data import load_arrays, user_batches
 
 LOG_EVERY = 10
 

@@ -82,7 +82,7 @@ def runs(tmp_path_factory, qat):
 def test_mode_c_eager_int8_close_to_float(runs):
     import torch
 
-    from hostkit.config import DataConfig
+    from hostkit_qat.data import TensorData as DataConfig
     from hostkit.scripts import load_function
     from hostkit_qat.training import Batches, accuracy, default_loop
 
@@ -208,7 +208,7 @@ def test_safetensors_weights_in_and_checkpoint_path(run_toml, qat, tmp_path):
 def test_default_loop_resumes_from_its_checkpoint(tmp_path):
     import torch
 
-    from hostkit.config import DataConfig
+    from hostkit_qat.data import TensorData as DataConfig
     from hostkit.scripts import load_function
     from hostkit_qat.training import Batches, _Checkpoints, default_loop
 

@@ -2,7 +2,7 @@
 
 import attrs
 
-from hostkit import one_of, option, positive
+from hostkit import DataTable, one_of, option, positive
 
 
 @attrs.frozen
@@ -16,4 +16,18 @@ class EchoConfig:
     fail: str | None = option(None, help="fail on purpose: 'expected' (PassError) or 'bug' (RuntimeError)",
                               validator=one_of("expected", "bug"))
     sleep_s: float = option(0.0, help="sleep this long (to test interruption)")
-    train_data_config: str | None = option(None, help="a [data.NAME] table whose file's line count is written to lines.txt")
+    train_data_config: str | None = option(None, help="a [data.NAME] table whose file's line count is written to lines.txt",
+                                           data=True)
+
+
+@attrs.frozen
+class LinesData(DataTable):
+    """``[data.NAME] type = "lines"``: a text file, one example per line (a data type of a third-party plugin)."""
+
+    skip_blank: bool = option(False, help="do not count blank lines")
+    comment: str | None = option(None, help="do not count lines starting with this prefix")
+    min_lines: int = option(1, help="fail the pass when fewer lines are left", validator=positive)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.path:
+            raise ValueError("type = 'lines' needs a path")

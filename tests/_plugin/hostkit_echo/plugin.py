@@ -7,8 +7,20 @@ from typing import Any
 
 import attrs
 
-from hostkit import PassError, PassSpec, hookimpl
-from hostkit_echo.config import EchoConfig
+from hostkit import DataTypeSpec, PassError, PassSpec, hookimpl
+from hostkit_echo.config import EchoConfig, LinesData
+
+
+def _count_lines(data: Any, name: str) -> int:
+    with open(data.path) as fh:
+        lines = fh.read().splitlines()
+    if not isinstance(data, LinesData):
+        return len(lines)
+    kept = [line for line in lines if not (data.skip_blank and not line.strip())
+            and not (data.comment and line.startswith(data.comment))]
+    if len(kept) < data.min_lines:
+        raise PassError(f"data.{name}.min_lines: {data.path} has {len(kept)} lines left, fewer than {data.min_lines}")
+    return len(kept)
 
 
 @hookimpl
@@ -16,6 +28,7 @@ def hostkit_register(register: Any) -> None:
     register.pass_type(PassSpec(name="Echo", config_cls=EchoConfig, summary="write a message next to the model",
                                 run=run_echo,
                                 input_types=("HfModel", "OnnxModel", "PyTorchModel")))
+    register.data_type(DataTypeSpec("lines", LinesData, "a text file, one example per line"))
 
 
 def run_echo(config: EchoConfig, model: Any, context: Any) -> Any:
@@ -32,8 +45,7 @@ def run_echo(config: EchoConfig, model: Any, context: Any) -> Any:
     (context.output_dir / "echo.txt").write_text((text + "\n") * config.repeat)
     if config.train_data_config:
         data = context.data_config(config.train_data_config)
-        with open(data.path) as fh:
-            (context.output_dir / "lines.txt").write_text(str(sum(1 for _ in fh)))
+        (context.output_dir / "lines.txt").write_text(str(_count_lines(data, config.train_data_config)))
     context.report_metric("lines", config.repeat)
     if hasattr(model, "path") and not getattr(model, "adapter_path", "x"):
         return attrs.evolve(model, adapter_path=str(context.output_dir))
