@@ -4,6 +4,13 @@ Everything that flows between passes is a handle. Handles are frozen attrs
 classes that round-trip through JSON (``to_json`` / ``from_json``), so the
 manifest records them and a later run can resume from them. The host ships the
 three handle types of the design; plugins may register more.
+
+The host reads a handle only generically: its ``path=True`` fields are resolved
+against the run file, checked and fingerprinted for the step cache, and the
+whole handle is written to the manifest. The meaning of the other fields
+(``HfModel.adapter_path``, ``quantization``, ``gguf_file``, ``load_kwargs``) is
+the business of the plugins that read and write them; they stay on the handle
+because run files and manifests name them.
 """
 
 from __future__ import annotations

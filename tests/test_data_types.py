@@ -116,3 +116,22 @@ def test_data_type_classes_extend_the_hosts_table_and_names_are_unique():
     assert host.add_plugin(One(), PluginRecord(name="one")).status == "loaded"
     again = host.add_plugin(One(), PluginRecord(name="two"))
     assert again.status == "broken" and "data type 'mine' is already provided by one" in again.error
+
+
+def test_gguf_models_are_converted_by_a_plugin_not_the_host(plugin_host, run_toml, tmp_path):
+    # the host alone (no hostkit-lora) does not import transformers: it says which plugin converts GGUF
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "x.gguf").write_bytes(b"GGUF")
+    result = run_toml('[model]\ntype = "HfModel"\npath = "m"\ngguf_file = "x.gguf"\n[[passes]]\ntype = "Nothing"\n',
+                      host=plugin_host, command="validate")
+    assert result.exit_code == 2  # no passes installed on this host; the model table itself is valid
+    assert "model.gguf_file" not in result.output
+    from hostkit import HfModel
+    from hostkit.builtin.models import hostkit_load_model
+    from hostkit.errors import PassError
+
+    with pytest.raises(PassError, match="model.gguf_file: no installed plugin converts GGUF files .*hostkit-lora"):
+        hostkit_load_model(HfModel(path=str(tmp_path / "m"), gguf_file="x.gguf"), None)
+    discovered = PluginHost.discover(env={})
+    impls = [i.plugin_name for i in discovered.pm.hook.hostkit_load_model.get_hookimpls()]
+    assert "lora" in impls

@@ -2,14 +2,15 @@
 
 Loading here means preparing the handle the first pass gets, not building a
 torch module: passes load weights themselves, with the imports they need.
-An ``HfModel`` with a ``gguf_file`` is converted once into a cached
-safetensors folder (see :mod:`hostkit.gguf`).
+Plugins that convert a handle first answer before this loader (hostkit-lora
+turns an ``HfModel`` with a ``gguf_file`` into a cached safetensors folder).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from hostkit.errors import PassError
 from hostkit.handles import HfModel, OnnxModel, PyTorchModel
 from hostkit.plugins import hookimpl
 from hostkit.registry import ModelTypeSpec
@@ -25,9 +26,8 @@ def hostkit_register(register: Any) -> None:
 @hookimpl(trylast=True)
 def hostkit_load_model(model: Any, context: Any) -> Any:
     if isinstance(model, HfModel) and model.gguf_file:
-        from hostkit.gguf import convert_gguf
-
-        return convert_gguf(model, context)
+        raise PassError(f"model.gguf_file: no installed plugin converts GGUF files ({model.gguf_file}); "
+                        "hostkit-lora does: pip install hostkit-lora")
     if isinstance(model, (HfModel, OnnxModel, PyTorchModel)):
         return model
     return None

