@@ -1,9 +1,9 @@
 """Options of ``type = "LoftQ"``: LoRA's, QLoRA's base options, and ``loftq_iter``.
 
-As in Olive, LoftQ quantizes to 4-bit nf4 without double quantization, so
-QLoRA's ``quant_type`` and ``double_quant`` are fixed here (class constants,
-not options: hostkit-qlora's training code reads them), and ``compute_dtype`` /
-``save_quant_config`` mean what they mean for QLoRA.
+As in Olive, LoftQ quantizes to 4-bit nf4 without double quantization: its
+:attr:`LoftQConfig.four_bit` settings (what hostkit-qlora's 4-bit training reads)
+fix those, and ``compute_dtype`` / ``save_quant_config`` mean what they mean for
+QLoRA.
 
 Differences from Olive, on purpose:
 
@@ -15,20 +15,16 @@ Differences from Olive, on purpose:
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import attrs
 
 from hostkit import one_of, option, positive
 from hostkit_lora.config import DTYPES, LoRAConfig
+from hostkit_qlora.config import FourBitSettings
 
 
 @attrs.frozen(kw_only=True)
 class LoftQConfig(LoRAConfig):
     """Options of ``type = "LoftQ"`` (LoftQ, arXiv:2310.08659)."""
-
-    quant_type: ClassVar[str] = "nf4"
-    double_quant: ClassVar[bool] = False
 
     target_modules: list[str] | str | None = option(
         None, help="module names to adapt (and LoftQ-initialise), or \"all-linear\"; omitted: all-linear "
@@ -42,3 +38,7 @@ class LoftQConfig(LoRAConfig):
     save_quant_config: bool = option(
         True, help="record the 4-bit settings in the output model, so later passes load the base in nf4; "
                    "false: the output base (model/, full precision) loads unquantized")
+
+    @property
+    def four_bit(self) -> FourBitSettings:
+        return FourBitSettings(quant_type="nf4", double_quant=False, compute_dtype=self.compute_dtype)

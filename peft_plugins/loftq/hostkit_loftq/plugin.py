@@ -13,7 +13,7 @@ from hostkit_loftq.config import LoftQConfig
 
 def check_loftq(config: LoftQConfig, context: Any) -> list[str]:
     """QLoRA's checks (LoRA's + no quantized input), plus what LoftQ cannot do. No heavy imports."""
-    problems = check_qlora(config, context)
+    problems = check_qlora(config, context, "LoftQ")
     if config.use_dora:
         problems.append("use_dora: DoRA's magnitude vector is computed from the base weight when the adapter is "
                         "created, which LoftQ then changes; use LoRA (or QLoRA) for DoRA")

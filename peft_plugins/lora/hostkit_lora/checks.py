@@ -15,8 +15,8 @@ from hostkit_lora.data import TEXT_TYPES, TextData
 from hostkit_lora.training_args import check_training_args
 
 
-def check_lora(config: Any, context: Any) -> list[str]:
-    """Problems with a LoRA-family config, each ``"<option>: <message>"``."""
+def check_lora(config: Any, context: Any, pass_name: str = "LoRA") -> list[str]:
+    """Problems with a LoRA-family config, each ``"<option>: <message>"`` (``pass_name`` for messages)."""
     problems = check_training_args(config.training_args)
     if config.torch_dtype == "float16" and not cuda_visible():
         problems.append("torch_dtype: float16 trains with fp16 mixed precision, which needs a CUDA GPU, and none is "
@@ -24,7 +24,7 @@ def check_lora(config: Any, context: Any) -> list[str]:
     model = getattr(context, "model", None)
     task = getattr(model, "task", "text-generation")
     if model is not None and getattr(model, "adapter_path", None):
-        problems.append(f"model.adapter_path: the input model already has an adapter; {type(config).__name__[:-6]} "
+        problems.append(f"model.adapter_path: the input model already has an adapter; {pass_name} "
                         "trains a new one on the base (merge the adapter first with MergeAdapterWeights)")
     for option in ("train_data_config", "eval_data_config"):
         name = getattr(config, option)

@@ -14,6 +14,20 @@ from hostkit import one_of, option
 from hostkit_lora.config import DTYPES, LoRAConfig
 
 
+@attrs.frozen
+class FourBitSettings:
+    """How the base is quantized and computed: what 4-bit training reads (QLoRA, LoftQ).
+
+    QLoRA takes it from its options (:attr:`QLoRAConfig.four_bit`); LoftQ supplies
+    nf4 without double quantization, fixed (``LoftQConfig.four_bit``).
+    """
+
+    quant_type: str = "nf4"
+    double_quant: bool = False
+    compute_dtype: str | None = None  # None: the pass's torch_dtype
+    cpu_low_memory: bool = True
+
+
 @attrs.frozen(kw_only=True)
 class QLoRAConfig(LoRAConfig):
     """Options of ``type = "QLoRA"`` (QLoRA, arXiv:2305.14314)."""
@@ -27,3 +41,8 @@ class QLoRAConfig(LoRAConfig):
                                                 "load the base the same way")
     cpu_low_memory: bool = option(True, help="CPU only: hand each layer's dequantized weight buffer back to the OS "
                                              "at once (training peak 0.57x, steps 1.7x slower on an 88M model)")
+
+    @property
+    def four_bit(self) -> FourBitSettings:
+        return FourBitSettings(quant_type=self.quant_type, double_quant=self.double_quant,
+                               compute_dtype=self.compute_dtype, cpu_low_memory=self.cpu_low_memory)

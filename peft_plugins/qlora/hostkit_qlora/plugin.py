@@ -11,8 +11,8 @@ from hostkit_lora.plugin import REQUIRED_MODULES
 from hostkit_qlora.config import QLoRAConfig
 
 
-def check_qlora(config: QLoRAConfig, context: Any) -> list[str]:
-    problems = check_lora(config, context)
+def check_qlora(config: QLoRAConfig, context: Any, pass_name: str = "QLoRA") -> list[str]:
+    problems = check_lora(config, context, pass_name)
     model = getattr(context, "model", None)
     if model is not None and getattr(model, "quantization", None):
         problems.append("model.quantization: the input model is already quantized; QLoRA needs a full-precision base")

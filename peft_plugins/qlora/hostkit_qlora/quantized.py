@@ -51,16 +51,16 @@ class QLoraTraining(LoraTraining):
         self.quantized_modules: list[str] = []
 
     def quantization(self) -> dict[str, Any]:
+        settings = self.config.four_bit  # FourBitSettings: QLoRA's options, or LoftQ's fixed nf4
         return {
             "load_in_4bit": True,
-            "bnb_4bit_quant_type": self.config.quant_type,
-            "bnb_4bit_use_double_quant": self.config.double_quant,
-            "bnb_4bit_compute_dtype": self.config.compute_dtype or self.dtype_name,
+            "bnb_4bit_quant_type": settings.quant_type,
+            "bnb_4bit_use_double_quant": settings.double_quant,
+            "bnb_4bit_compute_dtype": settings.compute_dtype or self.dtype_name,
         }
 
     def low_memory_heap(self) -> bool:
-        # getattr: subclasses' configs (LoftQ) need not have the option; the default is on
-        return getattr(self.config, "cpu_low_memory", True) and not self.use_gpu
+        return self.config.four_bit.cpu_low_memory and not self.use_gpu
 
     def training_defaults(self) -> dict[str, Any]:
         return {"optim": "paged_adamw_32bit"} if self.use_gpu else {"optim": "adamw_torch"}
