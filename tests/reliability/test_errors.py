@@ -47,8 +47,6 @@ def _corrupt(path, how: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 12.8: a truncated, random or empty model.safetensors during a merge is "
-                                       "'bug in the plugin' with a traceback and no file name")
 @pytest.mark.parametrize("how", ["truncated", "random", "empty"])
 def test_a_corrupt_model_file_during_a_merge_is_one_line_naming_the_file(run_toml, tmp_path, tiny_llama,
                                                                         merge_adapter, how):
@@ -63,8 +61,6 @@ def test_a_corrupt_model_file_during_a_merge_is_one_line_naming_the_file(run_tom
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 12.8: a full disk while the merged model is saved is 'bug in the "
-                                       "plugin' (safetensors' own error type) with a traceback")
 def test_a_full_disk_during_a_merge_names_the_path_and_the_step(tmp_path, tiny_llama, merge_adapter):
     (tmp_path / "run.toml").write_text(MERGE.format(model=tiny_llama, adapter=merge_adapter))
     size = (tiny_llama / "model.safetensors").stat().st_size
@@ -72,6 +68,41 @@ def test_a_full_disk_during_a_merge_names_the_path_and_the_step(tmp_path, tiny_l
     output = done.stdout + done.stderr
     assert_user_error(done.returncode, output, 1, "passes[0] (MergeAdapterWeights)", str(tmp_path / "out"))
     assert "File too large" in output or "No space left" in output, output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["config-list", "config-not-json", "no-alpha", "string-r", "corrupt-weights"])
+def test_a_malformed_adapter_during_a_merge_is_one_line_naming_the_file(run_toml, tmp_path, tiny_llama,
+                                                                        merge_adapter, case):
+    adapter = shutil.copytree(merge_adapter, tmp_path / "adapter")
+    config_path = adapter / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    if case == "config-list":
+        config_path.write_text("[]")
+    elif case == "config-not-json":
+        config_path.write_text("{")
+    elif case == "no-alpha":  # peft would fill in lora_alpha = 8: a scale the adapter was not trained with
+        config.pop("lora_alpha")
+        config_path.write_text(json.dumps(config))
+    elif case == "string-r":
+        config_path.write_text(json.dumps({**config, "r": "4"}))
+    else:
+        _corrupt(adapter / "adapter_model.safetensors", "truncated")
+    culprit = adapter / ("adapter_model.safetensors" if case == "corrupt-weights" else "adapter_config.json")
+    result = run_toml(MERGE.format(model=tiny_llama, adapter=adapter))
+    assert_user_error(result.exit_code, result.output, 1, str(culprit), "passes[0] (MergeAdapterWeights)")
+    if case in ("no-alpha", "string-r"):
+        assert ("lora_alpha" if case == "no-alpha" else "r must be a positive number") in result.output
+
+
+@pytest.mark.slow
+def test_a_merge_refuses_trust_remote_code_inside_load_kwargs(run_toml, tiny_llama, merge_adapter):
+    text = MERGE.format(model=tiny_llama, adapter=merge_adapter).replace(
+        "[[passes]]", "load_kwargs = { trust_remote_code = true }\n[[passes]]")
+    result = run_toml(text)
+    assert result.exit_code in (1, 2), result.output  # 2 once validate refuses it (test_validation.py)
+    assert "model.load_kwargs.trust_remote_code" in result.output and TRACEBACK not in result.output, result.output
+    assert not (result.output_dir / "01-mergeadapterweights").exists()
 
 
 # -- the machine's errors name the step and the path (fast: the Echo test plugin) ---------------

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from hostkit import PassError
+from hostkit_merge_adapters.files import check_adapter_folder, check_model_folder, read_adapter_config
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -45,6 +46,10 @@ def model_class(task: str) -> Any:
 
 
 def from_pretrained_kwargs(handle: Any, dtype: torch.dtype) -> dict[str, Any]:
+    """The keyword arguments of every base ``from_pretrained`` here; ``trust_remote_code`` is the handle's."""
+    if "trust_remote_code" in (handle.load_kwargs or {}):
+        raise PassError("model.load_kwargs.trust_remote_code: model code runs only with trust_remote_code = true "
+                        "in [model] itself, not through load_kwargs")
     kwargs = {k: v for k, v in dict(handle.load_kwargs or {}).items() if k not in _OWN_KWARGS}
     kwargs["dtype"] = dtype
     kwargs["trust_remote_code"] = handle.trust_remote_code
@@ -198,6 +203,7 @@ def load_base(handle: Any, *, dtype: str = "float32") -> tuple[Any, dict[str, An
     linear weights are then replaced by the dequantized ones. Every other
     parameter (embeddings, norms, lm_head) keeps the base's own values.
     """
+    check_model_folder(handle.path)
     target = torch_dtype(dtype)
     load_dtype = torch.float32 if quantization_config(handle) is not None else target
     model = model_class(handle.task).from_pretrained(handle.path, **from_pretrained_kwargs(handle, load_dtype))
@@ -230,8 +236,8 @@ def load_with_adapter(handle: Any, *, dtype: str = "float32") -> tuple[Any, dict
     if not handle.adapter_path:
         raise PassError(f"the model at {handle.path} has no adapter_path: there is no adapter to load")
     adapter = Path(handle.adapter_path)
-    if not (adapter / "adapter_config.json").is_file():
-        raise PassError(f"{adapter} is not a PEFT adapter folder (no adapter_config.json)")
+    read_adapter_config(adapter)
+    check_adapter_folder(adapter)
     from peft import PeftModel
 
     base, facts = load_base(handle, dtype=dtype)

@@ -12,7 +12,6 @@ the generation config, the tokenizer and any processor files, so that
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import torch
 
 from hostkit import PassError
 from hostkit_adapters import contract as adapter_contract
+from hostkit_merge_adapters.files import read_adapter_config, writing_to
 from hostkit_merge_adapters.loading import (copy_processor_files, load_with_adapter, save_tokenizer,
                                             tokenizer_source, torch_dtype)
 
@@ -31,7 +31,7 @@ def merge_adapter(model: Any, config: Any, output_dir: Path, context: Any = None
     if not model.adapter_path:
         raise PassError(f"the input model ({model.path}) has no adapter_path, so there is nothing to merge: "
                         "put MergeAdapterWeights after a LoRA/QLoRA/LoftQ pass, or set adapter_path in [model]")
-    adapter_config = _read_adapter_config(Path(model.adapter_path))
+    adapter_config = read_adapter_config(Path(model.adapter_path))
     if str(adapter_config.get("peft_type", "LORA")).upper() != "LORA":
         raise PassError(f"{model.adapter_path} holds a {adapter_config.get('peft_type')} adapter; "
                         "MergeAdapterWeights merges LoRA adapters (including DoRA and rsLoRA)")
@@ -46,12 +46,13 @@ def merge_adapter(model: Any, config: Any, output_dir: Path, context: Any = None
     merged = peft_model.merge_and_unload(progressbar=False, safe_merge=True)
     merged = merged.to(torch_dtype(config.torch_dtype))
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(output_dir, safe_serialization=True, max_shard_size=config.max_shard_size)
-    if getattr(merged, "generation_config", None) is not None and not (output_dir / "generation_config.json").exists():
-        merged.generation_config.save_pretrained(output_dir)
-    has_tokenizer = save_tokenizer(model, output_dir)
-    processor_files = copy_processor_files(model, output_dir)
+    with writing_to(output_dir):  # a full disk is the machine's error, naming the path
+        output_dir.mkdir(parents=True, exist_ok=True)
+        merged.save_pretrained(output_dir, safe_serialization=True, max_shard_size=config.max_shard_size)
+        if getattr(merged, "generation_config", None) is not None and not (output_dir / "generation_config.json").exists():
+            merged.generation_config.save_pretrained(output_dir)
+        has_tokenizer = save_tokenizer(model, output_dir)
+        processor_files = copy_processor_files(model, output_dir)
     if context is not None:
         context.note(**facts, merged_from=adapter_contract.base_model_identity(model.path),
                      adapter_path=model.adapter_path, torch_dtype=config.torch_dtype,
@@ -63,13 +64,3 @@ def _output_handle(model: Any, config: Any, output_dir: Path, has_tokenizer: boo
     return attrs.evolve(model, path=str(output_dir), adapter_path=None, quantization=None,
                         torch_dtype=config.torch_dtype, gguf_file=None,
                         tokenizer_path=None if has_tokenizer else model.tokenizer_path)
-
-
-def _read_adapter_config(adapter_path: Path) -> dict[str, Any]:
-    path = adapter_path / "adapter_config.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PassError(f"{adapter_path} is not a PEFT adapter folder (no adapter_config.json)") from None
-    except ValueError as exc:
-        raise PassError(f"{path}: not valid JSON ({exc})") from None
