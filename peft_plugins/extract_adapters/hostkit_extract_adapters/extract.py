@@ -45,6 +45,7 @@ import numpy as np
 from hostkit_adapters.contract import (META_ALPHA, META_ALPHA_PATTERN, META_BASE_MODEL, META_R, META_RANK_PATTERN,
                                       META_TARGET_MODULES, META_USE_RSLORA, RANK_AXIS, RANK_DIM, ContractError,
                                       adapter_metadata, contract_name, is_lora_key, module_path, weight_kind)
+from hostkit_extract_adapters.dialects import is_genai_name
 from hostkit_extract_adapters.signature import (EXTERNAL_LOCATION, PACKED_SUFFIX, SIGNATURE_KEY, ModelSignature,
                                                 Slot)
 from hostkit_extract_adapters.weights import save_weights
@@ -96,7 +97,7 @@ def find_adapter_weights(model: Any) -> dict[str, tuple[Any, np.ndarray]]:
     """
     from onnx import numpy_helper
 
-    from hostkit_extract_adapters.dialects import dialect_of, is_genai_name
+    from hostkit_extract_adapters.dialects import dialect_of
 
     graph = model.graph
     users = _consumers(graph)
@@ -198,10 +199,6 @@ def extract_adapters(model_path: str | Path, output_dir: str | Path, *, make_inp
     model_path = Path(model_path)
     output_dir = Path(output_dir)
     genai_config = model_path.parent / GENAI_CONFIG
-    if genai_config.is_file() and not make_inputs:
-        raise ExtractError(f"{model_path}: an onnxruntime-genai model ({GENAI_CONFIG} beside it) takes adapters as "
-                           "inputs (og.Adapters); external initializers would make it unloadable: "
-                           "use make_inputs = true")
     external = any(t.data_location == onnx.TensorProto.EXTERNAL
                    for t in onnx.load(str(model_path), load_external_data=False).graph.initializer)
     model = onnx.load(str(model_path))
@@ -221,6 +218,10 @@ def extract_adapters(model_path: str | Path, output_dir: str | Path, *, make_inp
                            "(<module>.lora_A.weight / .lora_B.weight); export an HfModel with an unmerged "
                            "adapter (OnnxConversion) first")
     weights = {name: array for name, (_, array) in found.items()}
+    if genai_config.is_file() and not make_inputs and any(is_genai_name(n) for n in weights):
+        raise ExtractError(f"{model_path}: an onnxruntime-genai model ({GENAI_CONFIG} beside it) takes adapters as "
+                           "inputs (og.Adapters); external initializers would make it unloadable: "
+                           "use make_inputs = true")
     ranks = _module_ranks(weights)
     base_model = base_model or metadata.get(META_BASE_MODEL)
 
@@ -282,7 +283,7 @@ def extract_adapters(model_path: str | Path, output_dir: str | Path, *, make_inp
         array = slots_values[name]
         if dynamic:
             shape = list(slot.shape)
-            shape[slot.rank_axis] = RANK_DIM
+            shape[slot.rank_axis] = rank_symbol(name)
             slot = slots[name] = attrs.evolve(slot, shape=tuple(shape))
         elem_type = helper.np_dtype_to_tensor_dtype(array.dtype)
         if make_inputs:
@@ -305,9 +306,20 @@ def extract_adapters(model_path: str | Path, output_dir: str | Path, *, make_inp
     weights_path = save_weights(slots_values, output_dir / WEIGHTS_STEM, save_format, file_metadata)
     if tokenizer_dir is not None:
         copy_tokenizer(Path(tokenizer_dir), output_dir)
-    if genai_config.is_file():
+    if genai_config.is_file() and make_inputs:  # external initializers: for onnxruntime sessions only
         write_genai_config(genai_config, output_dir / GENAI_CONFIG, out_model.name)
     return ExtractResult(model_path=out_model, weights_path=weights_path, signature=signature, ranks=ranks)
+
+
+def rank_symbol(slot_name: str) -> str:
+    """The symbolic rank dimension of a slot: ``lora_r.<module>``, shared by the module's A and B only.
+
+    One symbol for every module would tell onnxruntime that all ranks are equal; with per-module
+    ranks (rank_pattern) its memory planner then hands ``x A`` of one module the buffer of
+    another's ("Shape mismatch attempting to re-use buffer {1,13,2} != {1,13,4}").
+    """
+    name = slot_name[: -len(PACKED_SUFFIX)] if slot_name.endswith(PACKED_SUFFIX) else slot_name
+    return f"{RANK_DIM}.{module_path(name)}"
 
 
 _CONTRACTING = ("MatMul", "Gemm", "MatMulInteger", "FusedMatMul")

@@ -79,7 +79,8 @@ class Slot:
 
 
 def _fmt_shape(shape: Any) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"
+    # per-module rank symbols (lora_r.<module>) read as lora_r: the weight's name says the module
+    return "[" + ", ".join("lora_r" if str(d).startswith("lora_r.") else str(d) for d in shape) + "]"
 
 
 @attrs.frozen

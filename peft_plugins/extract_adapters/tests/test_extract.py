@@ -72,9 +72,14 @@ def test_outputs_and_metadata(tmp_path, toy):
     inits = {t.name: t for t in model.graph.initializer}
     assert "model.layers.0.self_attn.q_proj.weight" in inits
     assert list(inits["model.layers.0.self_attn.q_proj.lora_A.weight"].dims) == [16, 0]  # zero-size default
-    dims = [d.dim_param or d.dim_value for d in next(i for i in model.graph.input
-                                                       if i.name.endswith("q_proj.lora_B.weight")).type.tensor_type.shape.dim]
-    assert dims == ["lora_r", 16]
+    def dims(name: str) -> list:
+        value = next(i for i in model.graph.input if i.name == name)
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    # one rank symbol per module, shared by its A and B (one symbol for all would claim equal ranks)
+    assert dims("model.layers.0.self_attn.q_proj.lora_B.weight") == ["lora_r.model.layers.0.self_attn.q_proj", 16]
+    assert dims("model.layers.0.self_attn.q_proj.lora_A.weight") == [16, "lora_r.model.layers.0.self_attn.q_proj"]
+    assert dims("model.layers.1.self_attn.v_proj.lora_A.weight") == [16, "lora_r.model.layers.1.self_attn.v_proj"]
 
 
 def test_onnx_adapter_sidecar_and_versions(tmp_path, toy):
@@ -105,7 +110,7 @@ def test_packed_model_has_one_input_per_module_type(tmp_path, toy, toy_input):
         "model.layers.self_attn.q_proj.lora_A.weight.packed", "model.layers.self_attn.q_proj.lora_B.weight.packed",
         "model.layers.self_attn.v_proj.lora_A.weight.packed", "model.layers.self_attn.v_proj.lora_B.weight.packed"]
     slot = signature.slots["model.layers.self_attn.q_proj.lora_A.weight.packed"]
-    assert slot.shape == (2, 16, "lora_r") and slot.members == (
+    assert slot.shape == (2, 16, "lora_r.model.layers.self_attn.q_proj") and slot.members == (
         "model.layers.0.self_attn.q_proj.lora_A.weight", "model.layers.1.self_attn.q_proj.lora_A.weight")
     assert load_weights(result.weights_path).weights[slot.name].shape == (2, 16, 4)
     # an unpacked adapter is packed when loaded

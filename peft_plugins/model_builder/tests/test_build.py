@@ -83,6 +83,8 @@ def _torch_greedy(base: Path, adapter: Path | None, ids: list[int], n: int, *, q
     with torch.no_grad():
         for _ in range(n):
             out.append(int(model(input_ids=torch.tensor([out])).logits[0, -1].argmax()))
+            if out[-1] == model.generation_config.eos_token_id:  # genai stops there too
+                break
     return out[len(ids):]
 
 

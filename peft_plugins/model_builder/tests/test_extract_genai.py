@@ -49,6 +49,8 @@ def _logits_and_greedy(model, ids: list[int], n: int) -> tuple[np.ndarray, list[
         out = list(ids)
         for _ in range(n):
             out.append(int(model(input_ids=torch.tensor([out])).logits[0, -1].argmax()))
+            if out[-1] == model.generation_config.eos_token_id:  # genai stops there too
+                break
     return logits, out[len(ids):]
 
 

@@ -75,6 +75,8 @@ def _torch_greedy(base: Path, adapter: str | None, ids: list[int], *, quantizati
     with torch.no_grad():
         for _ in range(NEW_TOKENS):
             out.append(int(model(input_ids=torch.tensor([out])).logits[0, -1].argmax()))
+            if out[-1] == model.generation_config.eos_token_id:  # genai stops there too
+                break
     return out[len(ids):]
 
 
@@ -120,7 +122,7 @@ def test_lora_builder_extract_then_a_second_adapter_served_by_genai(tmp_path, cl
     if precision == "fp32":
         assert served == expected
     else:
-        assert all(len(tokens) == NEW_TOKENS for tokens in served.values())
+        assert all(0 < len(tokens) <= NEW_TOKENS for tokens in served.values())
         same = sum(s == e for key in expected for s, e in zip(served[key], expected[key]))
         print(f"int4: {same} of {len(expected) * NEW_TOKENS} greedy tokens equal torch PEFT's (fp32)")
 

@@ -97,8 +97,15 @@ def export_onnx(handle: Any, config: Any, output_dir: Path, context: Any = None)
     _finalize(path, metadata, adapter_names, config)
 
     tokenizer_saved = save_tokenizer(handle, output_dir)
+    genai_written = False
+    if config.with_past and tokenizer_saved:  # onnxruntime-genai loads KV-cache graphs (it needs the tokenizer)
+        from hostkit_onnx_export.genai import write_genai_config
+
+        write_genai_config(output_dir, model, io, MODEL_FILE)
+        genai_written = True
     notes = {**facts, "exporter": config.exporter, "export_s": export_s, "opset": config.target_opset,
-             "inputs": io["inputs"], "outputs": io["outputs"], "adapter_weights": len(adapter_names)}
+             "inputs": io["inputs"], "outputs": io["outputs"], "adapter_weights": len(adapter_names),
+             "genai_config": genai_written}
     if config.check_outputs:
         _progress(context, "checking onnxruntime against torch")
         delta, scale = check_against_torch(model, path, io)
