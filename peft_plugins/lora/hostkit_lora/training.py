@@ -21,6 +21,9 @@ override a few hooks instead of copying the loop (the order of the calls in
     Build the transformers model (uses ``quantization()``, ``torch_dtype``,
     ``trust_remote_code``, the handle's ``load_kwargs``). LoftQ overrides it to
     compute its initialisation, write the new master weights and load those.
+``precision_args(model, args)``
+    With ``torch_dtype`` auto on CPU, turn on bf16 autocast where the CPU has
+    native bf16 (:mod:`hostkit_lora.precision`).
 ``prepare_model(model)``
     Freeze the base and set up gradient checkpointing; QLoRA calls
     ``peft.prepare_model_for_kbit_training`` instead.
@@ -31,6 +34,9 @@ override a few hooks instead of copying the loop (the order of the calls in
     ``attach_adapter`` to start from its own A and B.
 ``training_defaults()``
     TrainingArguments defaults of this pass, under the user's values.
+``scored_loss(model, training_args)``
+    Compute the LM head and the loss only where labels are not -100
+    (:mod:`hostkit_lora.scored`); return None to keep the full logits.
 ``low_memory_heap()``
     Whether to return freed large buffers to the OS at once (quantized base on
     CPU: lower peak, slower steps).
@@ -118,6 +124,7 @@ class LoraTraining:
         self.use_gpu = torch.cuda.is_available()
         dtype = config.torch_dtype or (model.torch_dtype if model.torch_dtype not in (None, "auto") else None)
         self.dtype_name = dtype or default_dtype(self.use_gpu)
+        self.auto_dtype = dtype is None  # CPU: bf16 autocast where the CPU has native bf16 (see precision_args)
         if self.dtype_name == "float16" and not self.use_gpu:
             raise MissingRequirement("torch_dtype: float16 trains with fp16 mixed precision, which needs a CUDA GPU; "
                                      "use float32 on CPU")
@@ -214,6 +221,42 @@ class LoraTraining:
         except ValueError as exc:  # e.g. target modules not found in the model
             raise PassError(f"target_modules: {exc}") from exc
 
+    def precision_args(self, model: Any, args: dict[str, Any]) -> None:
+        """With ``torch_dtype`` auto on CPU: bf16 autocast over the float32 base where the CPU has native bf16
+        and it measures faster (:mod:`hostkit_lora.precision`); the choice and its reason go in the manifest."""
+        if not self.auto_dtype or self.use_gpu:
+            return
+        if any(args.get(key) for key in ("bf16", "fp16")):
+            self.context.note(precision="as training_args asks (bf16/fp16 set)")
+            return
+        if self.quantization():
+            self.context.note(precision=f"{self.dtype_name}: a quantized base keeps its compute dtype")
+            return
+        from hostkit_lora.precision import auto_precision
+
+        chosen = auto_precision(use_gpu=False, width=getattr(model.config, "hidden_size", None))
+        if chosen.bf16_autocast:
+            args["bf16"] = True
+        self.context.note(precision=chosen.reason)
+
+    def scored_loss(self, model: Any, training_args: Any) -> Any:
+        """Install the LM head + loss at scored positions only (:mod:`hostkit_lora.scored`) on a causal LM;
+        returns what to ``remove()`` after training, or None (the reason goes in the manifest)."""
+        if self.task != "text-generation":
+            return None
+        from hostkit_lora.scored import install_scored_loss
+
+        if getattr(training_args, "label_smoothing_factor", 0):
+            reason = "label_smoothing_factor needs the full logits"
+        else:
+            installed = install_scored_loss(model)
+            if not isinstance(installed, str):
+                self.context.note(scored_positions_only=f"on (chunks of {installed.chunk_rows} positions)")
+                return installed
+            reason = installed
+        self.context.note(scored_positions_only=f"off: {reason}")
+        return None
+
     def output_handle(self, adapter_dir: Path) -> HfModel:
         changes: dict[str, Any] = {"adapter_path": str(adapter_dir)}
         if self.labels is not None:
@@ -292,6 +335,7 @@ class LoraTraining:
             context.note(gradient_checkpointing="disabled: the model does not support it")
         if self.checkpointing:
             args.setdefault(f"{key}_kwargs", {"use_reentrant": False})
+        self.precision_args(model, args)
         model = self.prepare_model(model)
         transformers.set_seed(args.get("seed", 42))  # the LoRA A init draws from the global RNG: reproducible runs
         model = self.attach_adapter(model, self.lora_config(model))
@@ -303,6 +347,7 @@ class LoraTraining:
 
         training_args = transformers.TrainingArguments(**args)
         context.note(world_size=training_args.world_size)  # > 1: the Trainer runs DDP
+        scored = self.scored_loss(model, training_args)
         curve = LossCurve(context)
         trainer = transformers.Trainer(
             model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
@@ -327,6 +372,8 @@ class LoraTraining:
             context.report_metric("final_eval_loss", curve.eval[-1][1])
         if curve.train:
             context.report_metric("final_train_loss", curve.train[-1][1])
+        if scored is not None:
+            scored.remove()
 
         adapter_dir = context.output_dir / ADAPTER_DIR
         if context.is_main_process:
