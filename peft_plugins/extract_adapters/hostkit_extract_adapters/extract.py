@@ -45,7 +45,7 @@ import numpy as np
 from hostkit_adapters.contract import (META_ALPHA, META_ALPHA_PATTERN, META_BASE_MODEL, META_R, META_RANK_PATTERN,
                                       META_TARGET_MODULES, META_USE_RSLORA, RANK_AXIS, RANK_DIM, ContractError,
                                       adapter_metadata, contract_name, is_lora_key, module_path, weight_kind)
-from hostkit_extract_adapters.dialects import is_genai_name
+from hostkit_adapters.dialects import is_genai_name
 from hostkit_extract_adapters.signature import (EXTERNAL_LOCATION, PACKED_SUFFIX, SIGNATURE_KEY, ModelSignature,
                                                 Slot)
 from hostkit_extract_adapters.weights import save_weights
@@ -97,7 +97,7 @@ def find_adapter_weights(model: Any) -> dict[str, tuple[Any, np.ndarray]]:
     """
     from onnx import numpy_helper
 
-    from hostkit_extract_adapters.dialects import dialect_of
+    from hostkit_adapters.dialects import dialect_of
 
     graph = model.graph
     users = _consumers(graph)

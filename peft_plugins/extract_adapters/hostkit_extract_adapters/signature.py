@@ -104,7 +104,7 @@ class ModelSignature:
     @property
     def dialect(self) -> str:
         """``hostkit`` (OnnxConversion graphs) or ``genai`` (ModelBuilder graphs): how the weights are named."""
-        from hostkit_extract_adapters.dialects import HOSTKIT, dialect_of
+        from hostkit_adapters.dialects import HOSTKIT, dialect_of
 
         return dialect_of(self.contract_names()) or HOSTKIT
 
@@ -120,7 +120,7 @@ class ModelSignature:
         """
         from hostkit_adapters.contract import ContractError
 
-        from hostkit_extract_adapters.dialects import GENAI, dialect_of_name, hostkit_name_of, to_genai
+        from hostkit_adapters.dialects import GENAI, dialect_of_name, hostkit_name_of, to_genai
 
         dialect = self.dialect
         other = {n: a for n, a in weights.items() if n not in self.slots and dialect_of_name(n) not in (None, dialect)}
@@ -285,7 +285,7 @@ class ModelSignature:
                                 f"{self.base_model} ({base_model_digest(self.base_model)})")
 
     def _unknown(self, names: list[str]) -> list[str]:
-        from hostkit_extract_adapters.dialects import dialect_of_name, other_dialect_problem
+        from hostkit_adapters.dialects import dialect_of_name, other_dialect_problem
 
         known = list(self.slots) + [m for s in self.slots.values() for m in s.members]
         problems = []
@@ -373,7 +373,7 @@ def _grouped(problems: list[Any]) -> list[str]:
 
 
 def _is_lora(name: str) -> bool:
-    from hostkit_extract_adapters.dialects import is_genai_name
+    from hostkit_adapters.dialects import is_genai_name
 
     return is_lora_key(name) or is_genai_name(name)
 

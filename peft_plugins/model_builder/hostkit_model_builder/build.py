@@ -17,7 +17,7 @@ fp16/bf16/fp32 weights), ``genai_config.json`` and the tokenizer files, which
   so the adapter stays float (a few MB gains nothing from int4 and loses
   accuracy, and ExtractAdapters needs float weights);
 * every adapter weight of the PEFT file must appear in the graph under the
-  builder's name (:mod:`hostkit_extract_adapters.dialects`), so a module the
+  builder's name (:mod:`hostkit_adapters.dialects`), so a module the
   builder silently skipped is an error here, not a wrong model later;
 * ``genai_config.json``'s ``search`` gets the pass's defaults; the graph's
   metadata records the base model identity, the adapter's contract metadata
@@ -231,7 +231,7 @@ def _check_graph(path: Path, expected: list[str] | None, config: Any) -> list[st
     """The builder names of the adapter weights, each checked against the PEFT file; float unless asked."""
     import onnx
 
-    from hostkit_extract_adapters.dialects import is_genai_name
+    from hostkit_adapters.dialects import is_genai_name
 
     model = onnx.load(str(path), load_external_data=False)
     graph = model.graph
@@ -262,7 +262,7 @@ def _expected_names(handle: Any, adapter_config: dict[str, Any] | None) -> list[
         return []
     from safetensors import safe_open
 
-    from hostkit_extract_adapters.dialects import genai_modules, genai_name
+    from hostkit_adapters.dialects import genai_modules, genai_name
 
     file = Path(handle.adapter_path) / "adapter_model.safetensors"
     if not file.is_file():

@@ -95,7 +95,7 @@ def _relative(got: np.ndarray, expected: np.ndarray) -> float:
 def test_int4_run_with_adapter(tiny_llama, builder_adapter, run_toml):
     """The run file path: int4 base (MatMulNBits), float LoRA MatMuls holding the PEFT weights, a folder og opens."""
     from hostkit_extract_adapters.convert import convert_peft_adapter
-    from hostkit_extract_adapters.dialects import to_genai
+    from hostkit_adapters.dialects import to_genai
 
     result = run_toml(RUN.format(base=tiny_llama, adapter=f'adapter_path = "{builder_adapter}"',
                                  options='precision = "int4"\nsearch = {max_length = 64, top_k = 1}'))

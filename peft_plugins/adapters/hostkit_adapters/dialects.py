@@ -13,8 +13,9 @@ Both lay weights out alike: A ``[in, r]``, B ``[r, out]`` with the LoRA scaling
 folded into B (the builder multiplies ``lora_B`` by peft's ``scaling`` before
 writing it), so mapping is renaming plus, for fused modules, splitting B.
 
-This module is light (no numpy at import) and knows nothing of files; it is
-meant to move into the shared adapter contract library (``hostkit_adapters``).
+Like :mod:`hostkit_adapters.contract`, this module is light (no numpy at import;
+arrays are only sliced) and knows nothing of files. ExtractAdapters, ``convert-adapters``
+(through ``ModelSignature.fit``) and ModelBuilder all map names through it.
 """
 
 from __future__ import annotations
