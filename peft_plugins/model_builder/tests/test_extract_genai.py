@@ -169,3 +169,50 @@ def test_hostkit_dialect_weights_fit_a_builder_graph(case, tmp_path):
     assert set(fitted) == set(signature.slots)
     np.testing.assert_array_equal(fitted["model.layers.1.attn.o_proj.lora_B.MatMul.weight"],
                                   converted.weights["model.layers.1.self_attn.o_proj.lora_B.weight"])
+
+
+def _tiny_phi3(path: Path) -> Path:
+    """A 2-layer Phi-3 (fused qkv_proj and gate_up_proj) with random weights and the tiny tokenizer."""
+    import torch
+    from transformers import GenerationConfig, Phi3Config, Phi3ForCausalLM
+
+    from hostkit.testing.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer(512)
+    config = Phi3Config(vocab_size=max(512, len(tokenizer)), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                        original_max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
+                        tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = Phi3ForCausalLM(config)
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_fused_projections_are_split_into_the_builders_modules(tmp_path, cli, prompt_ids):
+    """Phi-3's fused qkv_proj / gate_up_proj: the builder splits them (shared A, B by columns), and so does
+    convert-adapters --model for a second adapter; greedy tokens equal torch PEFT's."""
+    from hostkit.testing.tiny import make_lora_adapter
+
+    fused = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+    base = _tiny_phi3(tmp_path / "phi3")
+    own = make_lora_adapter(base, tmp_path / "own", seed=1, r=8, lora_alpha=16, target_modules=fused)
+    second = make_lora_adapter(base, tmp_path / "second", seed=2, r=4, lora_alpha=4, use_rslora=True,
+                               target_modules=fused, rank_pattern={"down_proj": 2})
+    built = build_model(HfModel(path=str(base), adapter_path=str(own)), ModelBuilderConfig(precision="fp32"),
+                        tmp_path / "built")
+    assert "model.layers.1.attn.v_proj.lora_B.MatMul.weight" in built.adapter_names
+    assert "model.layers.1.mlp.gate_proj.lora_A.MatMul.weight" in built.adapter_names
+    result = extract_adapters(built.path, tmp_path / "x", pack_inputs=True, tokenizer_dir=Path(built.path).parent)
+    second_file = tmp_path / "second.onnx_adapter"
+    code, output = cli("convert-adapters", "-a", str(second), "-o", str(second_file), "--model", str(result.model_path))
+    assert code == 0, output
+    served = GenaiModel(result.model_path.parent, {"own": result.weights_path, "second": second_file})
+    for name, adapter in (("none", None), ("own", own), ("second", second)):
+        logits, tokens = _logits_and_greedy(_torch(base, adapter), prompt_ids, 10)
+        active = None if adapter is None else name
+        assert _relative(served.prompt_logits(prompt_ids, active), logits) <= REL_TOL, name
+        assert served.greedy(prompt_ids, 10, active) == tokens, name
