@@ -120,16 +120,17 @@ def test_a_full_disk_inside_a_step_names_the_step_and_the_path(workdir):
     assert json.loads((workdir / "out" / "manifest.json").read_text())["status"] == "failed"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12.8: when the manifest cannot be written after a step failed, the "
-                                       "manifest's OSError replaces the step's own error")
+@pytest.mark.xfail(strict=True, reason="issue 12.8: when the manifest cannot be written after a step failed (a "
+                                       "full disk), the manifest's OSError replaces the step's own error")
 def test_the_first_error_is_kept_when_the_manifest_write_fails(workdir):
-    (workdir / "run.toml").write_text(echo_run(passes='[[passes]]\ntype = "Echo"\nfail = "expected"\n'))
-    (workdir / "out" / "manifest.json").mkdir(parents=True)  # the manifest cannot be replaced
-    code, output = cli(["run", "run.toml"], workdir)
-    assert_user_error(code, output, 1, "passes[0] (Echo)", "asked to fail")
+    # a disk that fills up: the step's 2 KB echo.txt fails first, then the ~3 KB manifest cannot be written either
+    (workdir / "run.toml").write_text(echo_run(passes=f'[[passes]]\ntype = "Echo"\nmessage = "{"x" * 2000}"\n'))
+    done = run_limited(["run", "run.toml"], workdir, nbytes=1024)
+    output = done.stdout + done.stderr
+    assert_user_error(done.returncode, output, 1, "passes[0] (Echo)", "File too large")
     errors = [line for line in output.splitlines() if line.startswith("ERROR")]
-    assert "asked to fail" in errors[0], output
-    assert "manifest.json" in output, output  # the manifest problem is said too, second
+    assert errors and "passes[0] (Echo)" in errors[0], output  # the step's error comes first, not the manifest's
+    assert "manifest.json" in output, output  # the manifest problem is said too
 
 
 # -- convert-adapters and infer on malformed adapter files --------------------------------------
