@@ -357,6 +357,15 @@ def classify(stage: str, code: int, output: str) -> str:
     return "unclear"
 
 
+def _told(output: str, expect: str) -> str:
+    """What the user is told about the problem: the ERROR lines, or for a run that goes on, every line but
+    the header (which repeats the run file and output paths anyway)."""
+    lines = output.splitlines()
+    if expect in ("validate", "run"):
+        return "\n".join(line for line in lines if line.startswith("ERROR") or line.startswith("  "))
+    return "\n".join(line for line in lines if not line.startswith(("run: ", "hostkit ", "done: ")))
+
+
 def attack(case: Case) -> dict[str, Any]:
     d = Path(tempfile.mkdtemp(prefix="hostkit-attack-"))
     try:
@@ -385,7 +394,7 @@ def attack(case: Case) -> dict[str, Any]:
             outcome = "warned"
         expected_exit = case.exit if case.exit is not None else {"validate": 2, "run": 1}.get(case.expect, 0)
         careful = (outcome == case.expect or (case.expect == "accepted" and outcome == "warned")) \
-            and code == expected_exit and (case.needle is None or case.needle in output)
+            and code == expected_exit and (case.needle is None or case.needle in _told(output, case.expect))
         errors = [line for line in output.splitlines() if line.startswith("ERROR") or "Error:" in line]
         said = (errors[-1] if errors else output.strip().splitlines()[-1] if output.strip() else "")
         return {"case": case.name, "item": case.item, "exit": code, "outcome": outcome, "careful": careful,
