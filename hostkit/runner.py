@@ -73,9 +73,6 @@ class RunContext:
     world_size: int = 1
     manifest: dict[str, Any] = attrs.field(factory=dict)
     stream: Any = None
-    _failed_record: Any = None
-    _progress_state: Any = None
-    _scratch: list = attrs.field(factory=list)
 
     @property
     def is_main_process(self) -> bool:
@@ -149,12 +146,13 @@ class StepContext:
 
 
 class StepFailed(HostkitError):
-    """A step failed; the message names the step, its TOML path and the plugin."""
+    """A step failed; the message names the step, its TOML path and the plugin; ``record`` is its manifest entry."""
 
-    def __init__(self, message: str, *, cause: BaseException, is_bug: bool):
+    def __init__(self, message: str, *, cause: BaseException, is_bug: bool, record: StepRecord | None = None):
         super().__init__(message)
         self.cause = cause
         self.is_bug = is_bug
+        self.record = record
 
 
 def _handle_json(handle: Any) -> dict[str, Any]:
@@ -180,23 +178,44 @@ class Runner:
         self.config = config
         self.stream = stream if stream is not None else sys.stderr
         self.use_cache = config.output.cache if use_cache is None else use_cache
+        self._scratch: list[Path] = []  # rank > 0 folders of steps rank 0 had already finished
 
     def run(self) -> list[StepRecord]:
+        context = self._start()
+        previous = _reusable_steps(context.output_dir / "manifest.json") if self.use_cache else {}
+        records: list[StepRecord] = []
+        error: BaseException | None = None
+        self.host.hooks.run_started(context=context, steps=list(self.config.steps))
+        try:
+            model = self.host.hooks.load_model(model=self.config.model, context=context)
+            if model is None:
+                raise PassError(f"model: no plugin loads model type {type(self.config.model).__name__}")
+            outputs = {"model": model}
+            for step in self.config.steps:
+                model = outputs[step.input] if step.input is not None else model
+                record = self._new_record(step, model)
+                records.append(record)
+                model, step_context = self._run_step(context, step, model, record, previous)
+                if step.name:
+                    outputs[step.name] = model
+                context.manifest["steps"] = [r.as_json() for r in records]
+                self.host.hooks.step_finished(context=step_context, record=record)
+        except BaseException as exc:  # noqa: BLE001 - reported, then re-raised
+            error = exc
+            raise
+        finally:
+            self._finish(context, records, error)
+        return records
+
+    # -- the run --------------------------------------------------------------
+
+    def _start(self) -> RunContext:
         out = Path(self.config.output.dir)
         rank, world = distributed_rank()
         context = RunContext(config=self.config, host=self.host, output_dir=out, rank=rank,
                              world_size=world, stream=self.stream)
-        manifest_path = out / "manifest.json"
-        previous = _previous_manifest(manifest_path) if self.use_cache else {}
-        previous_steps = {s.get("key"): s for s in previous.get("steps", []) if s.get("status") in ("ok", "cached")}
         if context.is_main_process:
-            try:
-                out.mkdir(parents=True, exist_ok=True)
-                probe = out / ".hostkit-write-test"
-                probe.write_text("ok")
-                probe.unlink()
-            except OSError as exc:
-                raise PassError(f"output.dir: cannot write to {out}: {exc.strerror or exc}") from None
+            _check_writable(out)
         context.manifest = {
             "hostkit_version": __version__,
             "run_file": str(self.config.source),
@@ -207,43 +226,117 @@ class Runner:
                         for r in self.host.records.values()},
             "steps": [],
         }
-        records: list[StepRecord] = []
-        self.host.hooks.run_started(context=context, steps=list(self.config.steps))
-        error: BaseException | None = None
+        return context
+
+    def _finish(self, context: RunContext, records: list[StepRecord], error: BaseException | None) -> None:
+        for scratch in self._scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+        records[:] = [r for r in records if r.status != "pending"]  # a step that never started
+        manifest = context.manifest
+        manifest["steps"] = [r.as_json() for r in records]
+        manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        manifest["status"] = ("ok" if error is None else
+                              "interrupted" if isinstance(error, KeyboardInterrupt) else "failed")
+        if records and "final_model" not in manifest and error is None:
+            manifest["final_model"] = records[-1].output
+        if self.host.hooks.observer_errors:
+            manifest["observer_errors"] = list(self.host.hooks.observer_errors)
+        self.host.hooks.run_finished(context=context, records=records, error=error)
+
+    # -- one step ---------------------------------------------------------------
+
+    def _new_record(self, step: StepConfig, model: Any) -> StepRecord:
+        plugin = step.spec.plugin
+        return StepRecord(
+            index=step.index, type=step.type, folder=step.folder_name, key=self._step_key(step, model), name=step.name,
+            plugin={"name": plugin.name, "distribution": plugin.distribution, "version": plugin.version} if plugin else {},
+            options=step.options, input=_handle_json(model),
+        )
+
+    def _run_step(self, run: RunContext, step: StepConfig, model: Any, record: StepRecord,
+                  previous: dict[str, Any]) -> tuple[Any, StepContext]:
+        """Serve the step from the cache, or run it in its .partial folder and publish it."""
+        final = run.output_dir / step.folder_name
+        context = StepContext(run=run, step=step, record=record, output_dir=final, total=len(self.config.steps))
+        cached = self._cached(previous.get(record.key), final)
+        if cached is not None:
+            _mark_cached(record, previous[record.key])
+            return cached, context
+        context.output_dir, context.resuming = self._prepare_dir(run, step, record.key)
+        output = self._call(context, model)
+        output = self._publish(run, step, context, output)
+        return output, context
+
+    def _cached(self, entry: dict[str, Any] | None, final: Path) -> Any:
+        """The output handle of a previous run of this step, when its folder and files are all still there."""
+        if entry is None or not final.is_dir() or not entry.get("output"):
+            return None
         try:
-            model = self.host.hooks.load_model(model=self.config.model, context=context)
-            if model is None:
-                raise PassError(f"model: no plugin loads model type {type(self.config.model).__name__}")
-            outputs = {"model": model}
-            for step in self.config.steps:
-                if step.input is not None:
-                    model = outputs[step.input]
-                record, model, step_context = self._run_step(context, step, model, previous_steps)
-                if step.name:
-                    outputs[step.name] = model
-                records.append(record)
-                context.manifest["steps"] = [r.as_json() for r in records]
-                self.host.hooks.step_finished(context=step_context, record=record)
-        except BaseException as exc:  # noqa: BLE001 - reported, then re-raised
-            error = exc
-            raise
-        finally:
-            for scratch in context._scratch:
-                shutil.rmtree(scratch, ignore_errors=True)
-            failed = context._failed_record
-            if failed is not None:
-                records.append(failed)
-            context.manifest["steps"] = [r.as_json() for r in records]
-            context.manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            context.manifest["status"] = (
-                "ok" if error is None else "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-            )
-            if records and "final_model" not in context.manifest and error is None:
-                context.manifest["final_model"] = records[-1].output
-            if self.host.hooks.observer_errors:
-                context.manifest["observer_errors"] = list(self.host.hooks.observer_errors)
-            self.host.hooks.run_finished(context=context, records=records, error=error)
-        return records
+            output = handles.from_json(entry["output"], self.host.registry.handle_types())
+        except Exception:  # noqa: BLE001 - an unreadable entry just disables the cache
+            return None
+        paths = [p for p in handles.path_fields(output).values() if p.startswith("/")]
+        return output if all(Path(p).exists() for p in paths) else None
+
+    def _prepare_dir(self, run: RunContext, step: StepConfig, key: str) -> tuple[Path, bool]:
+        """The folder the step writes into, and whether it resumes an interrupted run of itself."""
+        partial = run.output_dir / f".{step.folder_name}.partial"
+        resuming = False
+        if run.is_main_process:
+            resuming = _resumable(partial, key)
+            if partial.exists() and not resuming:
+                shutil.rmtree(partial)
+            partial.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(partial / STEP_STATE, {"key": key, "type": step.type, "resuming": resuming})
+        run.barrier()
+        if run.is_main_process:
+            return partial, resuming
+        # rank 0 decides whether the step resumes; torch.distributed may start only inside
+        # the first training pass, so the barrier above can be a no-op: wait for its word
+        decision = _wait_for_rank0(partial / STEP_STATE, key, run.output_dir / step.folder_name)
+        if decision is None:
+            # no process group keeps the ranks together and rank 0 has already finished
+            # this step: run it in a scratch folder rather than re-creating the .partial one
+            scratch = Path(tempfile.mkdtemp(prefix=f"hostkit-rank{run.rank}-"))
+            self._scratch.append(scratch)
+            return scratch, False
+        partial.mkdir(parents=True, exist_ok=True)
+        return partial, decision
+
+    def _call(self, context: StepContext, model: Any) -> Any:
+        """Run the pass (through ``hostkit_run_pass``: duration, memory and captured output are
+        :mod:`hostkit.builtin.measure`'s); a failure marks the record and becomes a :class:`StepFailed`."""
+        self.host.hooks.step_started(context=context)
+        step, record = context.step, context.record
+        try:
+            return self.host.hooks.run_pass(pass_type=step.type, config=step.config, model=model, context=context)
+        except BaseException as exc:
+            record.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            record.error = f"{type(exc).__name__}: {exc}"
+            self.host.hooks.step_failed(context=context, error=exc)
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            raise _classify(exc, step, record) from exc
+
+    def _publish(self, run: RunContext, step: StepConfig, context: StepContext, output: Any) -> Any:
+        """Rename the .partial folder to the step folder (rank 0) and point the handle at it."""
+        partial, final = context.output_dir, run.output_dir / step.folder_name
+        run.barrier()
+        if run.is_main_process:
+            (partial / STEP_STATE).unlink(missing_ok=True)
+            _replace_dir(partial, final)
+        run.barrier()
+        output = handles.relocate(output, str(partial), str(final))
+        context.output_dir = final
+        record = context.record
+        record.status = "ok"
+        record.resumed = context.resuming
+        record.output = _handle_json(output)
+        if run.is_main_process:
+            record.content_hash = content_hash(final)
+        return output
+
+    # -- cache keys -------------------------------------------------------------
 
     def _step_key(self, step: StepConfig, model: Any) -> str:
         """What a step's output depends on: a change to any of it re-runs the step."""
@@ -271,100 +364,59 @@ class Runner:
                 out[name] = {"config": converter.unstructure(data), "files": _input_fingerprint(data)}
         return out
 
-    def _run_step(self, run: RunContext, step: StepConfig, model: Any,
-                  previous_steps: dict[str, Any]) -> tuple[StepRecord, Any, StepContext]:
-        out = run.output_dir
-        final = out / step.folder_name
-        partial = out / f".{step.folder_name}.partial"
-        key = self._step_key(step, model)
-        plugin = step.spec.plugin
-        record = StepRecord(
-            index=step.index, type=step.type, folder=step.folder_name, key=key, name=step.name,
-            plugin={"name": plugin.name, "distribution": plugin.distribution, "version": plugin.version} if plugin else {},
-            options=step.options, input=_handle_json(model),
-        )
-        context = StepContext(run=run, step=step, record=record, output_dir=partial, total=len(self.config.steps))
 
-        cached = previous_steps.get(key)
-        if cached is not None and final.is_dir() and cached.get("output"):
-            try:
-                output = handles.from_json(cached["output"], self.host.registry.handle_types())
-            except Exception:  # noqa: BLE001 - an unreadable entry just disables the cache
-                output = None
-            if output is not None and all(Path(p).exists() for p in handles.path_fields(output).values()
-                                          if p.startswith("/")):
-                record.status = "cached"
-                record.output = cached["output"]
-                record.content_hash = cached.get("content_hash")
-                record.metrics = cached.get("metrics", {})
-                record.notes = cached.get("notes", {})
-                record.duration_s = 0.0
-                context.output_dir = final
-                return record, output, context
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".hostkit-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise PassError(f"output.dir: cannot write to {out}: {exc.strerror or exc}") from None
 
-        if run.is_main_process:
-            state = partial / STEP_STATE
-            if partial.exists():
-                try:
-                    same = json.loads(state.read_text()).get("key") == key
-                except (OSError, ValueError):
-                    same = False
-                if same:
-                    context.resuming = True
-                else:
-                    shutil.rmtree(partial)
-            partial.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(state, {"key": key, "type": step.type, "resuming": context.resuming})
-        run.barrier()
-        if not run.is_main_process:
-            # rank 0 decides whether the step resumes; torch.distributed may start only inside
-            # the first training pass, so the barrier above can be a no-op: wait for its word
-            decision = _wait_for_rank0(partial / STEP_STATE, key, final)
-            if decision is None:
-                # no process group keeps the ranks together and rank 0 has already finished
-                # this step: run it in a scratch folder rather than re-creating the .partial one
-                scratch = Path(tempfile.mkdtemp(prefix=f"hostkit-rank{run.rank}-"))
-                run._scratch.append(scratch)
-                context.output_dir = partial = scratch
-            else:
-                context.resuming = decision
-                partial.mkdir(parents=True, exist_ok=True)
 
-        self.host.hooks.step_started(context=context)
-        try:  # duration, peak memory and captured library output: hostkit.builtin.measure
-            output = self.host.hooks.run_pass(pass_type=step.type, config=step.config, model=model, context=context)
-        except BaseException as exc:
-            record.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            record.error = f"{type(exc).__name__}: {exc}"
-            run._failed_record = record
-            self.host.hooks.step_failed(context=context, error=exc)
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            where = f"{step.toml_path} (plugin {plugin.describe() if plugin else '?'})"
-            if isinstance(exc, HostkitError):
-                raise StepFailed(f"{where}: {exc}", cause=exc, is_bug=False) from exc
-            if isinstance(exc, OSError) and exc.errno is not None:
-                raise StepFailed(f"{where}: {exc.strerror}: {exc.filename or ''}".rstrip(": "), cause=exc, is_bug=False) from exc
-            raise StepFailed(f"{where}: bug in the plugin: {type(exc).__name__}: {exc}", cause=exc, is_bug=True) from exc
+def _reusable_steps(manifest_path: Path) -> dict[str, Any]:
+    """Cache key -> step entry, for the completed steps of the previous manifest."""
+    previous = _previous_manifest(manifest_path)
+    return {s.get("key"): s for s in previous.get("steps", []) if s.get("status") in ("ok", "cached")}
 
-        run.barrier()
-        if run.is_main_process:
-            (partial / STEP_STATE).unlink(missing_ok=True)
-            old = out / f".{step.folder_name}.old"
-            if final.exists():
-                shutil.rmtree(old, ignore_errors=True)
-                final.rename(old)
-            partial.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        run.barrier()
-        output = handles.relocate(output, str(partial), str(final))
-        context.output_dir = final
-        record.status = "ok"
-        record.resumed = context.resuming
-        record.output = _handle_json(output)
-        if run.is_main_process:
-            record.content_hash = content_hash(final)
-        return record, output, context
+
+def _mark_cached(record: StepRecord, entry: dict[str, Any]) -> None:
+    record.status = "cached"
+    record.output = entry["output"]
+    record.content_hash = entry.get("content_hash")
+    record.metrics = entry.get("metrics", {})
+    record.notes = entry.get("notes", {})
+    record.duration_s = 0.0
+
+
+def _resumable(partial: Path, key: str) -> bool:
+    """Whether ``partial`` was left by an interrupted run of the step with this same key."""
+    try:
+        return json.loads((partial / STEP_STATE).read_text()).get("key") == key
+    except (OSError, ValueError):
+        return False
+
+
+def _replace_dir(partial: Path, final: Path) -> None:
+    old = final.with_name(f".{final.name}.old")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    partial.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _classify(exc: BaseException, step: StepConfig, record: StepRecord) -> "StepFailed":
+    """An expected failure (HostkitError, an OSError with an errno) or a bug in the plugin."""
+    plugin = step.spec.plugin
+    where = f"{step.toml_path} (plugin {plugin.describe() if plugin else '?'})"
+    if isinstance(exc, HostkitError):
+        return StepFailed(f"{where}: {exc}", cause=exc, is_bug=False, record=record)
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return StepFailed(f"{where}: {exc.strerror}: {exc.filename or ''}".rstrip(": "), cause=exc, is_bug=False,
+                          record=record)
+    return StepFailed(f"{where}: bug in the plugin: {type(exc).__name__}: {exc}", cause=exc, is_bug=True, record=record)
 
 
 def _wait_for_rank0(state: Path, key: str, final: Path, timeout_s: float = 600.0) -> bool | None:

@@ -2,7 +2,9 @@
 
 Progress messages from long work (training steps, layers) are shown on one
 updating line on a terminal, and at most every few seconds otherwise, so CI
-logs stay short but show that work is moving. Only rank 0 prints.
+logs stay short but show that work is moving. Only rank 0 prints. The display
+is an object registered as a plugin (pluggy registers instances), holding its
+own state: when it last printed and whether a progress line is open.
 """
 
 from __future__ import annotations
@@ -12,103 +14,87 @@ from typing import Any
 
 from hostkit.plugins import hookimpl
 
-_THROTTLE_S = 2.0
+THROTTLE_S = 2.0
 
 
-class _State:
-    def __init__(self) -> None:
-        self.last = 0.0
-        self.open_line = False
-
-
-def _stream(context: Any) -> Any:
-    run = getattr(context, "run", context)
-    return run.stream
-
-
-def _main(context: Any) -> bool:
-    run = getattr(context, "run", context)
-    return run.is_main_process
-
-
-def _state(context: Any) -> _State:
-    run = getattr(context, "run", context)
-    state = getattr(run, "_progress_state", None)
-    if state is None:
-        state = _State()
-        run._progress_state = state
-    return state
-
-
-def _end_line(context: Any) -> None:
-    state = _state(context)
-    if state.open_line:
-        print(file=_stream(context))
-        state.open_line = False
-
-
-@hookimpl
-def hostkit_run_started(context: Any, steps: list) -> None:
-    if not _main(context):
-        return
-    stream = context.stream
-    print(f"hostkit {__import__('hostkit').__version__} | {context.host.plugin_header()}", file=stream)
-    print(f"run: {context.config.source} -> {context.output_dir} ({len(steps)} step{'s' * (len(steps) != 1)})", file=stream)
+def _run(context: Any) -> Any:
+    return getattr(context, "run", context)
 
 
 def _label(context: Any) -> str:
     return f"[{context.index + 1}/{context.total}] {context.pass_type}"
 
 
-@hookimpl
-def hostkit_step_started(context: Any) -> None:
-    if _main(context):
-        resumed = " (resuming)" if context.resuming else ""
-        print(f"{_label(context)} ...{resumed}", file=_stream(context), flush=True)
+class ProgressDisplay:
+    """The host's progress lines (``hostkit.progress``)."""
 
+    def __init__(self, throttle_s: float = THROTTLE_S) -> None:
+        self.throttle_s = throttle_s
+        self.last = 0.0
+        self.open_line = False
 
-@hookimpl
-def hostkit_progress(context: Any, message: str, current: int | None, total: int | None) -> None:
-    if not _main(context):
-        return
-    state = _state(context)
-    stream = _stream(context)
-    now = time.monotonic()
-    final = current is not None and total is not None and current >= total
-    tty = hasattr(stream, "isatty") and stream.isatty()
-    if not tty and not final and now - state.last < _THROTTLE_S:
-        return
-    state.last = now
-    counter = f" {current}/{total}" if current is not None and total else ""
-    line = f"    {message}{counter}"
-    if tty:
-        print("\r" + line.ljust(78), end="", file=stream, flush=True)
-        state.open_line = True
-    else:
-        print(line, file=stream, flush=True)
+    def _print(self, context: Any, text: str, **kwargs: Any) -> None:
+        print(text, file=_run(context).stream, flush=True, **kwargs)
 
+    def _end_line(self, context: Any) -> None:
+        if self.open_line:
+            self._print(context, "")
+            self.open_line = False
 
-@hookimpl
-def hostkit_step_finished(context: Any, record: Any) -> None:
-    if not _main(context):
-        return
-    _end_line(context)
-    if record.status == "cached":
-        print(f"{_label(context)} ... unchanged, skipped (cached in {record.folder}/)", file=_stream(context), flush=True)
-    else:
-        resumed = ", resumed" if record.resumed else ""
-        print(f"{_label(context)} ... done in {record.duration_s:.1f}s{resumed} -> {record.folder}/", file=_stream(context), flush=True)
+    @hookimpl
+    def hostkit_run_started(self, context: Any, steps: list) -> None:
+        self.last, self.open_line = 0.0, False
+        if not context.is_main_process:
+            return
+        from hostkit import __version__
 
+        self._print(context, f"hostkit {__version__} | {context.host.plugin_header()}")
+        self._print(context, f"run: {context.config.source} -> {context.output_dir} "
+                             f"({len(steps)} step{'s' * (len(steps) != 1)})")
 
-@hookimpl
-def hostkit_step_failed(context: Any, error: BaseException) -> None:
-    if _main(context):
-        _end_line(context)
-        word = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-        print(f"{_label(context)} ... {word}", file=_stream(context), flush=True)
+    @hookimpl
+    def hostkit_step_started(self, context: Any) -> None:
+        if context.is_main_process:
+            self._print(context, f"{_label(context)} ...{' (resuming)' if context.resuming else ''}")
 
+    @hookimpl
+    def hostkit_progress(self, context: Any, message: str, current: int | None, total: int | None) -> None:
+        if not context.is_main_process:
+            return
+        stream = _run(context).stream
+        now = time.monotonic()
+        final = current is not None and total is not None and current >= total
+        tty = hasattr(stream, "isatty") and stream.isatty()
+        if not tty and not final and now - self.last < self.throttle_s:
+            return
+        self.last = now
+        counter = f" {current}/{total}" if current is not None and total else ""
+        line = f"    {message}{counter}"
+        if tty:
+            self._print(context, "\r" + line.ljust(78), end="")
+            self.open_line = True
+        else:
+            self._print(context, line)
 
-@hookimpl
-def hostkit_run_finished(context: Any, records: list, error: BaseException | None) -> None:
-    if _main(context) and error is None:
-        print(f"done: {context.output_dir / 'manifest.json'}", file=context.stream, flush=True)
+    @hookimpl
+    def hostkit_step_finished(self, context: Any, record: Any) -> None:
+        if not context.is_main_process:
+            return
+        self._end_line(context)
+        if record.status == "cached":
+            self._print(context, f"{_label(context)} ... unchanged, skipped (cached in {record.folder}/)")
+        else:
+            resumed = ", resumed" if record.resumed else ""
+            self._print(context, f"{_label(context)} ... done in {record.duration_s:.1f}s{resumed} -> {record.folder}/")
+
+    @hookimpl
+    def hostkit_step_failed(self, context: Any, error: BaseException) -> None:
+        if context.is_main_process:
+            self._end_line(context)
+            word = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+            self._print(context, f"{_label(context)} ... {word}")
+
+    @hookimpl
+    def hostkit_run_finished(self, context: Any, records: list, error: BaseException | None) -> None:
+        if context.is_main_process and error is None:
+            self._print(context, f"done: {context.output_dir / 'manifest.json'}")
