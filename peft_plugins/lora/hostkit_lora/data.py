@@ -42,8 +42,10 @@ class TextData(DataTable):
     max_samples: int | None = option(None, help="use at most this many examples", validator=positive)
     shuffle: bool = option(False, help="shuffle before taking max_samples")
     seed: int = option(42, help="seed of the shuffle")
-    packing: str = option("none", help="none, or join: concatenate all examples and cut into max_seq_len blocks",
-                          validator=one_of("none", "join"))
+    packing: str = option("none", help="none; join: concatenate all examples and cut into max_seq_len blocks "
+                                       "(attention stays within each example); padding_free: each batch is one row "
+                                       "of whole examples, no padding",
+                          validator=one_of("none", "join", "padding_free"))
     add_special_tokens: bool = option(True, help="let the tokenizer add BOS/EOS tokens")
     response_template: str | None = option(None, help="train only on the text after the first occurrence of this "
                                                       "string (e.g. \"Answer:\"); the prompt before it is not scored")

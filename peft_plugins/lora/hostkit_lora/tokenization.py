@@ -92,16 +92,26 @@ def _encode(tokenizer: Any, texts: list[str], config: TextData, *, truncate: boo
     return ids
 
 
-def _pack(ids: list[list[int]], block: int, eos_id: int | None) -> list[list[int]]:
+def _pack(ids: list[list[int]], block: int, eos_id: int | None) -> list[dict[str, list[int]]]:
     """Olive's ``join``: concatenate every example (EOS between) and cut full blocks; a short tail is dropped
-    unless it is all there is."""
+    unless it is all there is.
+
+    Unlike Olive, the examples in a block do not attend to each other: ``position_ids`` restart at each
+    example (the collator then passes no attention mask, and transformers builds a block-diagonal causal mask
+    from the positions), and the first token of each example is not scored (it would be predicted from the
+    previous example)."""
     stream: list[int] = []
+    positions: list[int] = []
+    labels: list[int] = []
     for seq in ids:
-        stream += seq
         if eos_id is not None and (not seq or seq[-1] != eos_id):
-            stream.append(eos_id)
-    blocks = [stream[i:i + block] for i in range(0, len(stream) - block + 1, block)]
-    return blocks or [stream[:block]]
+            seq = [*seq, eos_id]
+        stream += seq
+        positions += range(len(seq))
+        labels += [IGNORE_INDEX, *seq[1:]] if labels else list(seq)
+    starts = list(range(0, len(stream) - block + 1, block)) or [0]
+    return [{"input_ids": stream[i:i + block], "position_ids": positions[i:i + block], "labels": labels[i:i + block]}
+            for i in starts]
 
 
 def _response_labels(tokenizer: Any, texts: list[str], ids: list[list[int]], config: TextData,
@@ -133,17 +143,21 @@ def _response_labels(tokenizer: Any, texts: list[str], ids: list[list[int]], con
 def causal_lm_dataset(rows: Any, config: TextData, name: str, tokenizer: Any) -> ExampleDataset:
     """Examples for ``text-generation``: ``input_ids``, ``attention_mask``, ``labels``."""
     texts = texts_of(rows, config, name, tokenizer)
-    ids = _encode(tokenizer, texts, config, truncate=config.packing == "none")
+    ids = _encode(tokenizer, texts, config, truncate=config.packing != "join")
     if config.append_eos and tokenizer.eos_token_id is not None:
         ids = [seq if seq and seq[-1] == tokenizer.eos_token_id else seq + [tokenizer.eos_token_id] for seq in ids]
     if config.response_template:
-        if config.packing != "none":
-            raise PassError(f"data.{name}.response_template: cannot be combined with packing = \"join\"")
+        if config.packing == "join":
+            raise PassError(f"data.{name}.response_template: cannot be combined with packing = \"join\" "
+                            "(use packing = \"padding_free\")")
         labels = _response_labels(tokenizer, texts, ids, config, name)
         return ExampleDataset([{"input_ids": seq, "attention_mask": [1] * len(seq), "labels": lab}
                                for seq, lab in zip(ids, labels)])
     if config.packing == "join":
-        ids = _pack(ids, config.max_seq_len, tokenizer.eos_token_id)
+        blocks = [b for b in _pack(ids, config.max_seq_len, tokenizer.eos_token_id) if b["input_ids"]]
+        if not blocks:
+            raise PassError(f"data.{name}: every example tokenizes to nothing")
+        return ExampleDataset(blocks)
     ids = [seq for seq in ids if seq]
     if not ids:
         raise PassError(f"data.{name}: every example tokenizes to nothing")
@@ -181,23 +195,41 @@ def classification_dataset(rows: Any, config: TextData, name: str, tokenizer: An
 
 
 class Collator:
-    """Right-pads a batch: ``input_ids`` with the pad token, ``attention_mask`` with 0, token labels with -100."""
+    """Right-pads a batch: ``input_ids`` with the pad token, ``attention_mask`` with 0, token labels with -100.
 
-    def __init__(self, pad_token_id: int):
+    Examples with ``position_ids`` (``packing = "join"`` blocks) get no attention mask: transformers then
+    builds a block-diagonal causal mask from the positions (each example attends to itself only); padding
+    restarts the positions, so it is a segment of its own. ``padding_free = True`` (``packing =
+    "padding_free"``) puts the whole batch in one row with transformers' ``DataCollatorWithFlattening``:
+    no padding at all, positions restarting per example, the first token of each example not scored.
+    """
+
+    def __init__(self, pad_token_id: int, *, padding_free: bool = False):
         self.pad_token_id = pad_token_id
+        self.padding_free = padding_free
+        self._flatten: Any = None
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
+
+        if self.padding_free:
+            if self._flatten is None:
+                from transformers import DataCollatorWithFlattening
+
+                self._flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
+            return self._flatten([{"input_ids": ex["input_ids"], "labels": ex["labels"]} for ex in batch])
 
         width = max(len(ex["input_ids"]) for ex in batch)
 
         def pad(seq: list[int], value: int) -> list[int]:
             return list(seq) + [value] * (width - len(seq))
 
-        out = {
-            "input_ids": torch.tensor([pad(ex["input_ids"], self.pad_token_id) for ex in batch], dtype=torch.long),
-            "attention_mask": torch.tensor([pad(ex["attention_mask"], 0) for ex in batch], dtype=torch.long),
-        }
+        out = {"input_ids": torch.tensor([pad(ex["input_ids"], self.pad_token_id) for ex in batch], dtype=torch.long)}
+        if "position_ids" in batch[0]:
+            out["position_ids"] = torch.tensor([list(ex["position_ids"]) + list(range(width - len(ex["position_ids"])))
+                                                for ex in batch], dtype=torch.long)
+        else:
+            out["attention_mask"] = torch.tensor([pad(ex["attention_mask"], 0) for ex in batch], dtype=torch.long)
         labels = [ex["labels"] for ex in batch]
         if isinstance(labels[0], list):
             out["labels"] = torch.tensor([pad(lab, IGNORE_INDEX) for lab in labels], dtype=torch.long)

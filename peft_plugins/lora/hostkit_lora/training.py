@@ -239,6 +239,11 @@ class LoraTraining:
             args["bf16"] = True
         self.context.note(precision=chosen.reason)
 
+    def padding_free(self) -> bool:
+        """Whether batches are one row of whole examples (``packing = "padding_free"`` on the train data)."""
+        packing = getattr(self.context.data_config(self.config.train_data_config), "packing", "none")
+        return self.task == "text-generation" and packing == "padding_free"
+
     def scored_loss(self, model: Any, training_args: Any) -> Any:
         """Install the LM head + loss at scored positions only (:mod:`hostkit_lora.scored`) on a causal LM;
         returns what to ``remove()`` after training, or None (the reason goes in the manifest)."""
@@ -337,6 +342,10 @@ class LoraTraining:
             args.setdefault(f"{key}_kwargs", {"use_reentrant": False})
         self.precision_args(model, args)
         model = self.prepare_model(model)
+        if getattr(model, "config", None) is not None:
+            # training never reuses a KV cache; and with one, transformers ignores packed position_ids and lets
+            # the examples of a packed row attend to each other (packing = "join" / "padding_free")
+            model.config.use_cache = False
         transformers.set_seed(args.get("seed", 42))  # the LoRA A init draws from the global RNG: reproducible runs
         model = self.attach_adapter(model, self.lora_config(model))
         trainable, total = _count_parameters(model)
@@ -351,7 +360,7 @@ class LoraTraining:
         curve = LossCurve(context)
         trainer = transformers.Trainer(
             model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-            data_collator=Collator(self.tokenizer.pad_token_id), callbacks=[curve],
+            data_collator=Collator(self.tokenizer.pad_token_id, padding_free=self.padding_free()), callbacks=[curve],
         )
         trainer.remove_callback(transformers.trainer_callback.PrinterCallback)  # the host shows progress
         resume = self._checkpoint_to_resume(training_args.output_dir)
