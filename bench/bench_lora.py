@@ -71,7 +71,7 @@ from pathlib import Path
 mode, model_dir, data_file, out_dir, steps = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 import torch, transformers, peft, bitsandbytes, datasets, accelerate  # everything either pass imports
 import hostkit_lora.training as training
-from hostkit.config import DataConfig
+from hostkit_lora.data import TextData as DataConfig
 from hostkit.fsutil import reset_peak_rss
 from hostkit import HfModel
 from hostkit_lora.config import LoRAConfig

@@ -60,7 +60,7 @@ dir = "out"
 def float_baseline(loader: str, epochs: int, seed: int) -> dict:
     import torch
 
-    from hostkit.config import DataConfig
+    from hostkit_qat.data import TensorData as DataConfig
     from hostkit.scripts import load_function
     from hostkit_qat.training import Batches, accuracy, default_loop
 
