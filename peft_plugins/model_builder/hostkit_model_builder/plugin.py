@@ -28,6 +28,9 @@ def _check(config: ModelBuilderConfig, context: Any) -> list[str]:
             problems.append(f"search.{key}: not a genai_config.json search option{hint}")
         elif not isinstance(value, (bool, int, float)):
             problems.append(f"search.{key}: expected a number or a boolean, got {value!r}")
+    if config.precision == "bf16" and config.execution_provider == "cpu":
+        problems.append("precision: bf16 graphs do not run on onnxruntime's CPU provider (no bf16 kernel for ops "
+                        "such as Where); use int4, fp16 or fp32 on CPU, or execution_provider = \"cuda\"")
     if config.precision != "int4" and config.quantize_adapter:
         problems.append(f"quantize_adapter: only int4 graphs quantize MatMuls, the precision is {config.precision}")
     model = getattr(context, "model", None)
