@@ -30,7 +30,7 @@ class ModelBuilderConfig:
     int4_block_size: int = option(32, help="int4: weights per quantization block",
                                   validator=one_of(*INT4_BLOCK_SIZES))
     int4_accuracy_level: int | None = option(None, help="int4: MatMulNBits accuracy_level (1 fp32, 2 fp16, 3 bf16, "
-                                                        "4 int8 activations); unset: the builder's default",
+                                                        "4 int8 activations); unset: the builder's default (4 on CPU)",
                                              validator=one_of(None, 1, 2, 3, 4))
     int4_is_symmetric: bool = option(True, help="int4: symmetric quantization (no zero points)")
     exclude_embeds: bool = option(False, help="leave the embedding layer out of the graph (inputs_embeds input)")
