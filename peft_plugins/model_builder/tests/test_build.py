@@ -221,3 +221,21 @@ def test_fp16_graph_on_cpu(tiny_llama, builder_adapter, prompt_ids, tmp_path):
                       _torch_logits(tiny_llama, builder_adapter, prompt_ids))
     print("fp16 relative max |delta logits| vs torch fp32:", delta)
     assert delta <= 5e-3
+
+
+def test_builder_options_reach_the_graph(tiny_llama, tmp_path):
+    """exclude_lm_head, int4 block size / symmetry / accuracy level, and extra_options passthrough."""
+    fused = _graph(build_model(HfModel(path=str(tiny_llama)), ModelBuilderConfig(precision="fp32"), tmp_path / "f").path)
+    split = _graph(build_model(HfModel(path=str(tiny_llama)), ModelBuilderConfig(
+        precision="fp32", exclude_lm_head=True, extra_options={"fuse_qkv": False}), tmp_path / "s").path)
+    assert "logits" in [o.name for o in fused.graph.output] and "hidden_states" in [o.name for o in split.graph.output]
+    assert "logits" not in [o.name for o in split.graph.output]
+    names = lambda model: {n.name for n in model.graph.node if n.op_type == "MatMul"}  # noqa: E731
+    assert "/model/layers.0/attn/qkv_proj/MatMul" in names(fused)
+    assert {"/model/layers.0/attn/q_proj/MatMul", "/model/layers.0/attn/k_proj/MatMul"} <= names(split)
+    int4 = _graph(build_model(HfModel(path=str(tiny_llama)), ModelBuilderConfig(
+        int4_block_size=16, int4_is_symmetric=False, int4_accuracy_level=1), tmp_path / "q").path)
+    node = next(n for n in int4.graph.node if n.op_type == "MatMulNBits")
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs["block_size"] == 16 and attrs["accuracy_level"] == 1
+    assert len(node.input) >= 4 and node.input[3]  # asymmetric: a zero-point input
