@@ -334,7 +334,8 @@ def markdown(paths: dict[str, Path], rates: dict, switch: dict, agree: dict, nam
         f"{adapter_bytes / 2**20:.1f} MiB as .onnx_adapter), seeded random weights. Prompt {PROMPT_TOKENS} tokens, "
         f"{NEW_TOKENS} new tokens (EOS ignored), greedy, {threads} threads for every runtime, batch 1. "
         f"tokens/s = {NEW_TOKENS} / request time (prefill included); median over {rounds} rounds x 2 requests, "
-        f"runtimes and modes in round-robin order. Set-up (hostkit run: OnnxConversion, ModelBuilder x2, "
+        f"runtimes and modes in round-robin order; no spin-waiting threads (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+        f"onnxruntime allow_spinning = 0). Set-up (hostkit run: OnnxConversion, ModelBuilder x2, "
         f"ExtractAdapters x3) took {setup_s:.0f} s. Load average before / after: "
         f"{load[0]:.2f} / {load[1]:.2f} on {os.cpu_count()} cores (the machine is shared).",
         "",
@@ -400,6 +401,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the raw figures as JSON")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    # no spin-waiting anywhere (onnxruntime: allow_spinning = 0): on a shared machine a spinning
+    # OpenMP barrier waits for a descheduled thread, which made torch's 2-thread decode step ~7x slower
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     with contextlib.ExitStack() as stack:
         work = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-deploy-")))
         start = time.perf_counter()

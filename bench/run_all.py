@@ -24,7 +24,7 @@ def machine() -> str:
     import importlib.metadata as md
 
     versions = []
-    for dist in ("torch", "transformers", "peft", "bitsandbytes", "onnxruntime", "hostkit-core"):
+    for dist in ("torch", "transformers", "peft", "bitsandbytes", "onnxruntime", "onnxruntime-genai", "hostkit-core"):
         try:
             versions.append(f"{dist} {md.version(dist)}")
         except md.PackageNotFoundError:
