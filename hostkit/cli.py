@@ -237,7 +237,7 @@ def cmd_passes(args: argparse.Namespace, host: PluginHost, stream: Any) -> int:
 
 
 def cmd_schema(args: argparse.Namespace, host: PluginHost, stream: Any) -> int:
-    from hostkit.config import did_you_mean
+    from hostkit.converter import did_you_mean
     from hostkit.schema import markdown_table, table_template, toml_template
 
     host_tables = _host_tables(host)
@@ -276,7 +276,7 @@ def _data_type_groups(host: PluginHost, wanted: str) -> list[tuple[type, list[st
 
 def _host_tables(host: PluginHost) -> dict[str, tuple[type, str, str]]:
     """The run file's own tables, by the name ``hostkit schema`` takes: data, output, and each model type."""
-    from hostkit.config import OutputConfig
+    from hostkit.tables import OutputConfig
 
     tables = {"output": (OutputConfig, "[output]", "where step folders and manifest.json go")}
     for spec in host.registry.model_types.values():

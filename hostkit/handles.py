@@ -83,7 +83,7 @@ def path_fields(handle: Any) -> dict[str, str]:
 
 def to_json(handle: Any) -> dict[str, Any]:
     """A JSON-ready dict with a ``type`` tag."""
-    from hostkit.config import converter
+    from hostkit.converter import converter
 
     data = converter.unstructure(handle)
     return {"type": type(handle).__name__, **data}
@@ -91,7 +91,7 @@ def to_json(handle: Any) -> dict[str, Any]:
 
 def from_json(data: dict[str, Any], types: dict[str, type] | None = None) -> Any:
     """Inverse of :func:`to_json`; ``types`` maps tags to classes (default: the built-ins)."""
-    from hostkit.config import structure_strict
+    from hostkit.converter import structure_strict
 
     types = types or BUILTIN_HANDLE_TYPES
     data = dict(data)

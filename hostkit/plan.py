@@ -13,14 +13,13 @@ from typing import Any
 
 import attrs
 
-from hostkit.config import (
-    CheckContext, OutputConfig, RunConfig, StepConfig, collect, did_you_mean,
-    package_name, read_toml, resolve_local, resolve_paths, structure_strict,
-)
-from hostkit.options import is_data_field, is_path_field
+from hostkit.converter import collect, did_you_mean, structure_strict
 from hostkit.errors import ConfigError, PluginLoadError
 from hostkit.hardware import cuda_visible
+from hostkit.options import is_data_field, is_path_field
+from hostkit.paths import package_name, resolve_local, resolve_paths
 from hostkit.plugins import PluginHost
+from hostkit.tables import CheckContext, OutputConfig, RunConfig, StepConfig, read_toml
 from hostkit.workspace import deep_merge
 
 TOP_LEVEL = ("model", "data", "passes", "output")

@@ -26,12 +26,13 @@ from typing import Any
 import attrs
 
 from hostkit import __version__, handles
-from hostkit.config import RunConfig, StepConfig
-from hostkit.options import is_data_field
+from hostkit.converter import converter
 from hostkit.errors import HostkitError, PassError
 from hostkit.fsutil import atomic_write_json, content_hash, fingerprint, stable_hash
 from hostkit.hardware import distributed_rank
+from hostkit.options import is_data_field
 from hostkit.plugins import PluginHost
+from hostkit.tables import RunConfig, StepConfig
 
 STEP_STATE = ".hostkit-step.json"
 
@@ -354,8 +355,6 @@ class Runner:
 
     def _data_fingerprints(self, step: StepConfig) -> dict[str, Any]:
         """The data tables the step names (``option(data=True)`` fields), with their files' fingerprints."""
-        from hostkit.config import converter
-
         out = {}
         for field in attrs.fields(type(step.config)):
             name = getattr(step.config, field.name)

@@ -156,7 +156,7 @@ def render_options(text: str, config_classes: dict[str, type]) -> str:
 
 
 def _entry_points(folder: Path) -> dict[str, str]:
-    from hostkit.config import read_toml
+    from hostkit.tables import read_toml
     from hostkit.plugins import ENTRY_POINT_GROUP
 
     pyproject = folder / "pyproject.toml"

@@ -1,13 +1,30 @@
-"""``hostkit schema PASS``: a commented TOML template generated from a config class."""
+"""``hostkit schema PASS``: a commented TOML template (and README option rows) generated from a config class."""
 
 from __future__ import annotations
 
 import json
+import typing
 from typing import Any
 
 import attrs
 
-from hostkit.config import field_summary
+from hostkit.converter import _type_name
+from hostkit.options import help_of
+
+
+def field_summary(cls: type) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, help) for each field, for schema output and README tables."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for field in attrs.fields(cls):
+        if field.default is attrs.NOTHING:
+            default = "required"
+        elif isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
+            default = repr(field.default.factory())
+        else:
+            default = repr(field.default)
+        rows.append((field.name, _type_name(hints[field.name]), default, help_of(field)))
+    return rows
 
 
 def _toml_value(value: Any) -> str:

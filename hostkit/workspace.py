@@ -24,9 +24,10 @@ from typing import Any
 
 import attrs
 
-from hostkit.config import read_toml, structure_strict
+from hostkit.converter import structure_strict
 from hostkit.errors import ConfigError
 from hostkit.options import option
+from hostkit.tables import read_toml
 
 FILE_NAME = "plugins.toml"
 

@@ -103,14 +103,14 @@ class PassConformance:
         assert attrs.has(cls), f"{cls.__name__} is not an attrs class"
         undocumented = [f.name for f in attrs.fields(cls) if not (f.metadata or {}).get("help")]
         assert not undocumented, f"options without help: {undocumented}"
-        from hostkit.config import structure_strict
+        from hostkit.converter import structure_strict
 
         instance = structure_strict(dict(self.valid_options), cls, "passes[0]")
         with pytest.raises(attrs.exceptions.FrozenInstanceError):
             setattr(instance, attrs.fields(cls)[0].name, None)
 
     def test_config_round_trips(self) -> None:
-        from hostkit.config import converter, structure_strict
+        from hostkit.converter import converter, structure_strict
 
         cls = self._spec().config_cls
         instance = structure_strict(dict(self.valid_options), cls, "passes[0]")
@@ -119,7 +119,7 @@ class PassConformance:
 
     def test_invalid_options_name_their_path(self, tmp_path: Path) -> None:
         from hostkit.errors import ConfigError
-        from hostkit.config import structure_strict
+        from hostkit.converter import structure_strict
 
         cls = self._spec().config_cls
         for options, key in self.invalid_options:

@@ -46,7 +46,7 @@ def run_toml(toml_text: str, workdir: Path, *, host: Any = None, command: str = 
     an isolated host with your plugin registered to test it alone.
     """
     from hostkit.cli import main
-    from hostkit.config import read_toml
+    from hostkit.tables import read_toml
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
