@@ -203,3 +203,33 @@ def test_infer_command_on_a_genai_folder(genai_case, tmp_path, cli):
     texts = {json.loads(s)["completion"] for s in sampled}
     greedy = session.generate(PROMPT, adapter="own", max_new_tokens=8)
     assert len(texts) == 2 or greedy not in texts  # sampling, not greedy
+
+
+@pytest.mark.slow
+def test_infer_refuses_a_higher_rank_and_modules_only_hostkit_graphs_have(genai_case, tmp_path, cli):
+    """A model extracted with a fixed rank (4) and an r = 8 adapter; LoRA on lm_head, which the
+    builder's graphs do not have (hostkit's OnnxConversion graphs do): refused before genai runs."""
+    from safetensors.numpy import load_file, save_file
+
+    fixed = extract_adapters(genai_case.folder.parent / "built" / "model.onnx", tmp_path / "fixed",
+                             dynamic_lora_r=False, tokenizer_dir=genai_case.folder.parent / "built")
+    folder = fixed.model_path.parent
+    lm_head = make_peft_adapter(genai_case.base_dir, tmp_path / "lm-head", seed=5, r=4, lora_alpha=8,
+                                target_modules=["q_proj", "v_proj", "lm_head"])
+    weights = load_file(str(lm_head / "adapter_model.safetensors"))
+    save_file({k: v for k, v in weights.items() if "lora_" in k}, str(lm_head / "adapter_model.safetensors"))
+    code, output = cli("infer", str(folder), "--adapter", f"second={genai_case.second_dir}",
+                       "--adapter", f"head={lm_head}", "--adapter", f"own={fixed.weights_path}", "--prompt", PROMPT)
+    assert code == 2, output
+    assert f"adapters do not fit {folder}:" in output
+    assert "second: " in output and "rank 8, the model's rank is fixed at 4" in output, output
+    assert ("head: lm_head: onnxruntime-genai's builder takes LoRA on the attention and MLP projections of the "
+            "decoder layers only") in output, output
+    assert "own:" not in output and "->" not in output  # the own adapter fits; nothing ran
+
+    code, output = cli("infer", str(folder), "--adapter", f"own={fixed.weights_path}", "--use", "own",
+                       "--prompt", PROMPT, "--max-new-tokens", "4", "--json")
+    assert code == 0, output
+    session = GenaiSession(genai_case.folder)
+    session.load_adapter("own", genai_case.own_file)
+    assert json.loads(output)["completion"] == session.generate(PROMPT, adapter="own", max_new_tokens=4)
