@@ -67,20 +67,20 @@ def build_parser(host: PluginHost) -> argparse.ArgumentParser:
     p.add_argument("--dest", type=Path, default=Path("."), help="folder to create the package in")
 
     for spec in sorted(host.registry.commands.values(), key=lambda s: s.name):
-        # a plugin's command must never break --help or the other commands
+        # a plugin's command must never break --help or the other commands: configure a
+        # throw-away parser first (configure is light by contract), add the command only then
+        try:
+            spec.configure(_Parser(prog=f"hostkit {spec.name}"))
+        except Exception as exc:  # noqa: BLE001
+            _command_broken(host, spec, exc)
+            continue
         try:
             p = sub.add_parser(spec.name, help=f"{spec.help} [{spec.plugin.describe() if spec.plugin else ''}]")
         except Exception as exc:  # noqa: BLE001 - e.g. a name clash argparse refuses
             _command_broken(host, spec, exc)
             continue
-        try:
-            spec.configure(p)
-        except Exception as exc:  # noqa: BLE001
-            sub._name_parser_map.pop(spec.name, None)
-            sub._choices_actions[:] = [a for a in sub._choices_actions if a.dest != spec.name]
-            _command_broken(host, spec, exc)
-            continue
-        p.set_defaults(_plugin_command=spec)
+        spec.configure(p)
+        p.set_defaults(plugin_command=spec)
     return parser
 
 
@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None, *, host: PluginHost | None = None, strea
         if args.command is None:
             parser.print_help()
             return EXIT_OK
-        if hasattr(args, "_plugin_command"):
-            return int(args._plugin_command.run(args) or 0)
+        if getattr(args, "plugin_command", None) is not None:
+            return int(args.plugin_command.run(args) or 0)
         handler = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "passes": cmd_passes,
                    "schema": cmd_schema, "new-plugin": cmd_new_plugin}[args.command]
         return handler(args, host, stream)

@@ -17,15 +17,19 @@ import importlib
 import os
 import sys
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pluggy
 
-from hostkit import hookspecs
+from hostkit import __version__, hookspecs
 from hostkit.errors import PluginLoadError
 from hostkit.registry import DuplicateRegistration, PluginInfo, Registrar, Registry, describe_providers
 from hostkit.workspace import Workspace
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from hostkit.runner import RunContext, StepContext, StepRecord
+    from hostkit.tables import StepConfig
 
 ENTRY_POINT_GROUP = "hostkit.plugins"
 PROJECT = "hostkit"
@@ -88,33 +92,33 @@ class HookCaller:
                     self.observer_errors.append(message)
                     print(f"warning: {message}", file=sys.stderr)
 
-    def load_model(self, *, model: Any, context: Any) -> Any:
+    def load_model(self, *, model: Any, context: "RunContext") -> Any:
         return self._hook.hostkit_load_model(model=model, context=context)
 
-    def run_pass(self, *, pass_type: str, config: Any, model: Any, context: Any) -> Any:
+    def run_pass(self, *, pass_type: str, config: Any, model: Any, context: "StepContext") -> Any:
         """Run a step: the host's built-in implementation calls the step's ``PassSpec.run``;
         plugins' ``wrapper=True`` implementations (timing, capture) see the call."""
         return self._hook.hostkit_run_pass(pass_type=pass_type, config=config, model=model, context=context)
 
-    def run_started(self, *, context: Any, steps: list) -> None:
+    def run_started(self, *, context: "RunContext", steps: "list[StepConfig]") -> None:
         self._notify("hostkit_run_started", context=context, steps=steps)
 
-    def step_started(self, *, context: Any) -> None:
+    def step_started(self, *, context: "StepContext") -> None:
         self._notify("hostkit_step_started", context=context)
 
-    def step_finished(self, *, context: Any, record: Any) -> None:
+    def step_finished(self, *, context: "StepContext", record: "StepRecord") -> None:
         self._notify("hostkit_step_finished", context=context, record=record)
 
-    def step_failed(self, *, context: Any, error: BaseException) -> None:
+    def step_failed(self, *, context: "StepContext", error: BaseException) -> None:
         self._notify("hostkit_step_failed", context=context, error=error)
 
-    def metric(self, *, context: Any, name: str, value: Any, step: int | None) -> None:
+    def metric(self, *, context: "StepContext", name: str, value: Any, step: int | None) -> None:
         self._notify("hostkit_metric", context=context, name=name, value=value, step=step)
 
-    def progress(self, *, context: Any, message: str, current: int | None, total: int | None) -> None:
+    def progress(self, *, context: "StepContext", message: str, current: int | None, total: int | None) -> None:
         self._notify("hostkit_progress", context=context, message=message, current=current, total=total)
 
-    def run_finished(self, *, context: Any, records: list, error: BaseException | None) -> None:
+    def run_finished(self, *, context: "RunContext", records: "list[StepRecord]", error: BaseException | None) -> None:
         self._notify("hostkit_run_finished", context=context, records=records, error=error)
 
 
@@ -122,12 +126,6 @@ def _env_list(name: str, env: dict[str, str]) -> set[str] | None:
     if name not in env:
         return None
     return {item.strip() for item in env[name].split(",") if item.strip()}
-
-
-def _host_version() -> str:
-    from hostkit import __version__
-
-    return __version__
 
 
 class PluginHost:
@@ -166,7 +164,7 @@ class PluginHost:
             module_path, _, class_name = target.partition(":")
             module = importlib.import_module(module_path)
             plugin = getattr(module, class_name)() if class_name else module
-            record = PluginRecord(name=name, distribution="hostkit-core", version=_host_version(),
+            record = PluginRecord(name=name, distribution="hostkit-core", version=__version__,
                                   module=target, status="internal")
             self.add_plugin(plugin, record)
 
@@ -314,8 +312,8 @@ def _compatibility_warning(dist: Any) -> str | None:
         except InvalidRequirement:
             continue
         if req.name.lower().replace("_", "-") == "hostkit-core" and req.specifier:
-            if not req.specifier.contains(_host_version(), prereleases=True):
-                return f"declares hostkit-core{req.specifier}, this is hostkit-core {_host_version()}"
+            if not req.specifier.contains(__version__, prereleases=True):
+                return f"declares hostkit-core{req.specifier}, this is hostkit-core {__version__}"
     return None
 
 

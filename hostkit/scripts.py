@@ -7,6 +7,7 @@ process, and looks up the named function; errors name the option.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import sys
 from pathlib import Path
@@ -14,17 +15,18 @@ from typing import Any, Callable
 
 from hostkit.errors import PassError
 
-_LOADED: dict[str, Any] = {}
+
+def _module_name(path: Path) -> str:
+    return "hostkit_user_script_" + hashlib.sha256(str(path).encode()).hexdigest()[:16]
 
 
 def load_script(path: str | Path, option: str = "user_script") -> Any:
-    """Import ``path`` as a module (cached by absolute path)."""
+    """Import ``path`` as a module, once per process (``sys.modules`` holds it, by its absolute path)."""
     path = Path(path).resolve()
     if not path.is_file():
         raise PassError(f"{option}: {path} does not exist")
-    key = str(path)
-    if key not in _LOADED:
-        name = f"hostkit_user_script_{abs(hash(key))}"
+    name = _module_name(path)
+    if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:
             raise PassError(f"{option}: {path} is not a Python file")
@@ -38,8 +40,7 @@ def load_script(path: str | Path, option: str = "user_script") -> Any:
             raise PassError(f"{option}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
         finally:
             sys.path.remove(str(path.parent))
-        _LOADED[key] = module
-    return _LOADED[key]
+    return sys.modules[name]
 
 
 def load_object(path: str | Path, name: str, option: str, script_option: str = "user_script") -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from hostkit import __version__
 from hostkit.plugins import hookimpl
 
 THROTTLE_S = 2.0
@@ -46,8 +47,6 @@ class ProgressDisplay:
         self.last, self.open_line = 0.0, False
         if not context.is_main_process:
             return
-        from hostkit import __version__
-
         self._print(context, f"hostkit {__version__} | {context.host.plugin_header()}")
         self._print(context, f"run: {context.config.source} -> {context.output_dir} "
                              f"({len(steps)} step{'s' * (len(steps) != 1)})")

@@ -12,7 +12,8 @@ Fixtures:
 * ``tiny_llama``: a folder with a 2-layer Llama model and a locally trained
   tokenizer, built once per session on CPU;
 * ``run_toml``: ``run_toml(text, host=None, command="run") -> RunResult``,
-  running a run file in a temporary folder.
+  running a run file in a temporary folder;
+* ``one_thread``: torch on one thread for a test module (module scope).
 
 Conformance: subclass :class:`hostkit.testing.conformance.PassConformance`.
 """
@@ -44,16 +45,29 @@ def register_plugin(host: Any, plugin: Any, name: str | None = None, *, distribu
     return record
 
 
-_TINY_CACHE: dict[str, Path] = {}
-
-
 def tiny_model_dir(root: Path, kind: str = "llama") -> Path:
-    """Build (once per process) and return the tiny model folder under ``root``."""
-    if kind not in _TINY_CACHE:
-        from hostkit.testing.tiny import build_tiny_llama
+    """The tiny model folder under ``root``, built there unless it is already complete."""
+    target = Path(root) / f"tiny-{kind}"
+    if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():
+        return target
+    from hostkit.testing.tiny import build_tiny_llama
 
-        _TINY_CACHE[kind] = build_tiny_llama(Path(root) / f"tiny-{kind}")
-    return _TINY_CACHE[kind]
+    return build_tiny_llama(target)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a test module (on 2 shared cores, 10-50x faster for tiny models);
+    opt in with an autouse fixture that requests it, or ``@pytest.mark.usefixtures("one_thread")``."""
+    import os
+
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

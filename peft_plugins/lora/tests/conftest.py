@@ -8,7 +8,6 @@ thread per core makes tiny-model steps 10-50x slower under contention (measured:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -38,14 +37,8 @@ def sentiment_rows(n: int = 32) -> list[dict]:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+def _one_thread(one_thread):  # hostkit.testing's fixture, for every module here
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

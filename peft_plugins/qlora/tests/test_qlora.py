@@ -13,13 +13,8 @@ WORDS = "one two three four five six seven eight nine ten".split()
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: one thread is 10-50x faster for tiny models under contention
+def _one_thread(one_thread):  # hostkit.testing's: 2 shared cores, one thread is 10-50x faster for tiny models
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture
