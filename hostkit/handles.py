@@ -30,7 +30,8 @@ class HfModel:
     task: str = option("text-generation", help="text-generation or text-classification",
                        validator=one_of("text-generation", "text-classification"))
     adapter_path: str | None = option(None, help="a PEFT adapter folder to load on top of the model", path=True)
-    gguf_file: str | None = option(None, help="a GGUF file inside `path` (or an absolute path); converted once to a cached safetensors folder")
+    gguf_file: str | None = option(None, help="a GGUF file inside `path` (or an absolute path); converted once to a cached safetensors folder",
+                                   within="path", loader=True)
     tokenizer_path: str | None = option(None, help="tokenizer folder when it differs from `path`", path=True)
     torch_dtype: str | None = option(None, help="dtype to load the weights in (float32, float16, bfloat16); None keeps the saved dtype",
                                      validator=one_of("float32", "float16", "bfloat16", "auto"))

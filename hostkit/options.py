@@ -15,7 +15,8 @@ NOTHING = attrs.NOTHING
 
 
 def option(default: Any = NOTHING, *, help: str, factory: Callable[[], Any] | None = None,
-           validator: Any = None, path: bool = False, hub: bool = False, data: bool = False) -> Any:
+           validator: Any = None, path: bool = False, hub: bool = False, data: bool = False,
+           within: str | None = None, loader: bool = False) -> Any:
     """An attrs field with a help line.
 
     ``path=True`` marks a field holding a file or folder: the host resolves it
@@ -24,8 +25,12 @@ def option(default: Any = NOTHING, *, help: str, factory: Callable[[], Any] | No
     not a local path stay a hub id.
     ``data=True`` marks a field naming a ``[data.NAME]`` table: the host checks
     that the table exists and fingerprints its files for the step cache.
+    ``within="path"`` marks a file name inside the folder another field names:
+    the host checks it exists there. ``loader=True`` marks a field that a
+    plugin's ``hostkit_load_model`` must turn into something else: a handle that
+    still sets it after loading is an error.
     """
-    metadata = {"help": help, "path": path, "hub": hub, "data": data}
+    metadata = {"help": help, "path": path, "hub": hub, "data": data, "within": within, "loader": loader}
     if factory is not None:
         return attrs.field(factory=factory, validator=validator, metadata=metadata)
     return attrs.field(default=default, validator=validator, metadata=metadata)

@@ -87,9 +87,11 @@ def _plan_model(model_raw: Any, host: PluginHost, base: Path) -> tuple[list[str]
     for field in attrs.fields(type(model)):
         if is_path_field(field):
             problems += _model_path_problems(field.name, getattr(model, field.name), getattr(resolved, field.name))
-    gguf = getattr(resolved, "gguf_file", None)
-    if gguf and not (Path(resolved.path) / gguf).exists():
-        problems.append(f"model.gguf_file: {Path(resolved.path) / gguf} does not exist")
+    for field in attrs.fields(type(model)):
+        within = (field.metadata or {}).get("within")
+        value = getattr(resolved, field.name)
+        if within and isinstance(value, str) and not (Path(getattr(resolved, within)) / value).exists():
+            problems.append(f"model.{field.name}: {Path(getattr(resolved, within)) / value} does not exist")
     return problems, resolved
 
 

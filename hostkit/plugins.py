@@ -316,5 +316,3 @@ def _compatibility_warning(dist: Any) -> str | None:
                 return f"declares hostkit-core{req.specifier}, this is hostkit-core {__version__}"
     return None
 
-
-HEAVY_MODULES = ("torch", "transformers", "peft", "bitsandbytes", "onnxruntime", "datasets", "onnx")

@@ -126,11 +126,14 @@ def test_gguf_models_are_converted_by_a_plugin_not_the_host(plugin_host, run_tom
                       host=plugin_host, command="validate")
     assert result.exit_code == 2  # no passes installed on this host; the model table itself is valid
     assert "model.gguf_file" not in result.output
+    missing = run_toml('[model]\ntype = "HfModel"\npath = "m"\ngguf_file = "y.gguf"\n', host=plugin_host,
+                       command="validate")
+    assert f"model.gguf_file: {tmp_path / 'm' / 'y.gguf'} does not exist" in missing.output  # option(within="path")
     from hostkit import HfModel
     from hostkit.builtin.models import hostkit_load_model
     from hostkit.errors import PassError
 
-    with pytest.raises(PassError, match="model.gguf_file: no installed plugin converts GGUF files .*hostkit-lora"):
+    with pytest.raises(PassError, match="model.gguf_file: no installed plugin loads HfModel handles with gguf_file set"):
         hostkit_load_model(HfModel(path=str(tmp_path / "m"), gguf_file="x.gguf"), None)
     discovered = PluginHost.discover(env={})
     impls = [i.plugin_name for i in discovered.pm.hook.hostkit_load_model.get_hookimpls()]

@@ -2,13 +2,16 @@
 
 Loading here means preparing the handle the first pass gets, not building a
 torch module: passes load weights themselves, with the imports they need.
-Plugins that convert a handle first answer before this loader (hostkit-lora
-turns an ``HfModel`` with a ``gguf_file`` into a cached safetensors folder).
+Plugins that convert a handle answer before this loader (e.g. a GGUF file into
+a safetensors folder); a field marked ``option(loader=True)`` that is still set
+when the handle gets here is an error: no installed plugin converts it.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import attrs
 
 from hostkit.errors import PassError
 from hostkit.handles import HfModel, OnnxModel, PyTorchModel
@@ -25,9 +28,10 @@ def hostkit_register(register: Any) -> None:
 
 @hookimpl(trylast=True)
 def hostkit_load_model(model: Any, context: Any) -> Any:
-    if isinstance(model, HfModel) and model.gguf_file:
-        raise PassError(f"model.gguf_file: no installed plugin converts GGUF files ({model.gguf_file}); "
-                        "hostkit-lora does: pip install hostkit-lora")
+    for field in attrs.fields(type(model)) if attrs.has(type(model)) else ():
+        if (field.metadata or {}).get("loader") and getattr(model, field.name):
+            raise PassError(f"model.{field.name}: no installed plugin loads {type(model).__name__} handles with "
+                            f"{field.name} set ({getattr(model, field.name)}); see `hostkit plugins`")
     if isinstance(model, (HfModel, OnnxModel, PyTorchModel)):
         return model
     return None
