@@ -14,7 +14,7 @@ Trainer's seed), so their losses are comparable.
 
 Prints one JSON line: ``train_s`` (``trainer.train`` runtime), ``loss`` (the
 last logged training loss), ``mean_loss`` (mean over the run), ``tokens``
-(non-padding tokens fed to training) and ``tokens_per_s``.
+(non-padding tokens fed to training, the Trainer's own count) and ``tokens_per_s``.
 """
 
 from __future__ import annotations
@@ -76,22 +76,17 @@ def main() -> None:
         output_dir=args.out_dir, max_steps=args.steps, per_device_train_batch_size=args.batch,
         learning_rate=args.lr, lr_scheduler_type="constant", report_to="none", disable_tqdm=True,
         logging_steps=args.logging_steps, save_strategy="no", use_cpu=True, dataloader_pin_memory=False,
-        seed=args.seed, bf16=args.bf16)
-    collator = DataCollatorForSeq2Seq(tok, padding=True)
-    seen = {"tokens": 0}
-
-    def collate(batch):  # count the real (non-padding) tokens the training sees
-        out = collator(batch)
-        seen["tokens"] += int(out["attention_mask"].sum())
-        return out
-
-    trainer = Trainer(model=model, args=targs, train_dataset=train, data_collator=collate)
+        seed=args.seed, bf16=args.bf16,
+        include_num_input_tokens_seen="non_padding")  # count the real tokens (as hostkit's manifest does)
+    trainer = Trainer(model=model, args=targs, train_dataset=train,
+                      data_collator=DataCollatorForSeq2Seq(tok, padding=True))  # pads labels with -100
     result = trainer.train()
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     train_s = result.metrics["train_runtime"]
+    tokens = int(trainer.state.num_input_tokens_seen)
     model.save_pretrained(args.out_dir + "/adapter")
     print(json.dumps({"train_s": train_s, "loss": losses[-1], "mean_loss": sum(losses) / len(losses),
-                      "tokens": seen["tokens"], "tokens_per_s": seen["tokens"] / train_s}))
+                      "tokens": tokens, "tokens_per_s": tokens / train_s}), flush=True)
 
 
 if __name__ == "__main__":
