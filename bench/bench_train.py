@@ -227,7 +227,8 @@ def smol_model() -> str:
     return convert_gguf(HfModel(path=str(folder), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")).path
 
 
-def bench_smol(work: Path, rounds: int, threads: int, steps: int, bf16_steps: int, bf16_rounds: int) -> str:
+def bench_smol(work: Path, rounds: int, threads: int, steps: int, bf16_steps: int, bf16_rounds: int,
+               partial: Path | None = None) -> str:
     from hostkit_lora.precision import NATIVE_BF16_FLAGS, cpu_flags
 
     model = smol_model()
@@ -248,8 +249,16 @@ def bench_smol(work: Path, rounds: int, threads: int, steps: int, bf16_steps: in
                                                                  **common)},
     }
     runs = alternate(variants, rounds, work, _env(threads))
+    if partial is not None:  # the fp32 rows, in case the slow bf16 rows do not finish
+        partial.write_text(smol_table(runs, rounds, 0, threads, steps, bf16_steps, native) + "\n")
     if bf16_rounds:
         runs.update(alternate(bf16, bf16_rounds, work, _env(threads)))
+    return smol_table(runs, rounds, bf16_rounds, threads, steps, bf16_steps, native)
+
+
+def smol_table(runs: dict[str, list[dict]], rounds: int, bf16_rounds: int, threads: int, steps: int,
+               bf16_steps: int, native: bool) -> str:
+    """The SmolLM2 table; ratios against ``runs["raw"]``."""
     base = runs["raw"]
     names = {"raw": "`raw_lora.py` defaults (fp32, full logits)", "raw bf16": "`raw_lora.py --bf16` (bf16 autocast)",
              "hostkit": "hostkit defaults (auto dtype, scored positions only)",
@@ -267,11 +276,13 @@ def bench_smol(work: Path, rounds: int, threads: int, steps: int, bf16_steps: in
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, rs in runs.items():
+        if not rs:
+            continue
         n = bf16_steps if "bf16" in name else steps
         lines.append(f"| {names[name]} | {n} | {med(rs, 'tokens_per_s'):.0f} | "
                      f"**{med(rs, 'tokens_per_s') / med(base, 'tokens_per_s'):.2f}x** | {med(rs, 'train_s'):.2f} | "
                      f"{med(rs, 'loss'):.4f} | {med(rs, 'rss'):.0f} | {med(rs, 'rss') / med(base, 'rss'):.2f} |")
-    notes = runs["hostkit"][-1]["notes"]
+    notes = next(iter(runs.get("hostkit") or runs.get("hostkit bf16")))["notes"]
     lines += ["", f"hostkit's notes: precision = {notes.get('precision')!r}; scored_positions_only = "
                   f"{notes.get('scored_positions_only')!r}.", ""]
     return "\n".join(lines)
@@ -298,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             parts.append(bench_tiny(work, args.rounds, args.threads, args.bf16_rounds))
         if not args.skip_smol:
             parts.append(bench_smol(work, args.smol_rounds, args.threads, args.smol_steps, args.bf16_steps,
-                                    args.bf16_rounds))
+                                    args.bf16_rounds, partial=args.output.with_suffix(".partial.md") if args.output else None))
     text = "\n".join(parts)
     print(text)
     if args.output:
