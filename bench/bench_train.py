@@ -19,7 +19,9 @@ warmup off, completion-only labels through ``response_template``).
    the raw script with its defaults (fp32, full logits) and with ``--bf16``;
    hostkit with its defaults (``torch_dtype`` auto, scored positions only) and
    with ``packing = "padding_free"``. bf16 runs fewer steps (``--bf16-steps``)
-   where the CPU has no native bf16: it is 15-35x slower there.
+   and rounds (``--bf16-rounds``) where the CPU has no native bf16: it is
+   15-35x slower there. The fp32 rows are written to ``OUTPUT.partial.md``
+   before the bf16 rows start.
 """
 
 from __future__ import annotations
