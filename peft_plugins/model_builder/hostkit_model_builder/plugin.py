@@ -28,9 +28,11 @@ def _check(config: ModelBuilderConfig, context: Any) -> list[str]:
             problems.append(f"search.{key}: not a genai_config.json search option{hint}")
         elif not isinstance(value, (bool, int, float)):
             problems.append(f"search.{key}: expected a number or a boolean, got {value!r}")
-    if config.precision == "bf16" and config.execution_provider == "cpu":
-        problems.append("precision: bf16 graphs do not run on onnxruntime's CPU provider (no bf16 kernel for ops "
-                        "such as Where); use int4, fp16 or fp32 on CPU, or execution_provider = \"cuda\"")
+    if config.precision in ("fp16", "bf16") and config.execution_provider == "cpu":
+        # measured with onnxruntime-genai 0.18: bf16 has no CPU kernel for Where; fp16 answers the prompt, then
+        # fails at the next token in the Casts onnxruntime inserts ("Shape mismatch attempting to re-use buffer")
+        problems.append(f"precision: {config.precision} graphs do not generate on onnxruntime's CPU provider; "
+                        "use int4 or fp32 on CPU, or build for a GPU (execution_provider = \"cuda\")")
     if config.precision != "int4" and config.quantize_adapter:
         problems.append(f"quantize_adapter: only int4 graphs quantize MatMuls, the precision is {config.precision}")
     model = getattr(context, "model", None)
