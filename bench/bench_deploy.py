@@ -242,30 +242,38 @@ class GenaiRuntime:
 # -- measuring --------------------------------------------------------------------------
 
 
-def tokens_per_s(runtime: Any, ids: list[int], adapter: str | None) -> tuple[float, list[int]]:
-    start = time.perf_counter()
+def tokens_per_s(runtime: Any, ids: list[int], adapter: str | None) -> tuple[float, float, list[int]]:
+    """(tokens/s of wall time, CPU ms per token of this process, the new ids) of one request."""
+    start, cpu = time.perf_counter(), time.process_time()
     new = runtime.generate(ids, adapter)
-    took = time.perf_counter() - start
+    took, cpu_took = time.perf_counter() - start, time.process_time() - cpu
     assert len(new) == NEW_TOKENS, (runtime.name, adapter, len(new))
-    return NEW_TOKENS / took, new
+    return NEW_TOKENS / took, cpu_took * 1e3 / NEW_TOKENS, new
 
 
-def throughput(runtimes: list[Any], ids: list[int], rounds: int) -> tuple[dict, dict]:
-    """tokens/s per (runtime, mode): two requests per mode per round, round robin (median)."""
+def throughput(runtimes: list[Any], ids: list[int], rounds: int) -> tuple[dict, dict, dict]:
+    """tokens/s and CPU ms/token per (runtime, mode): two requests per mode per round, round robin (median).
+
+    CPU time counts every thread of the process and not the time it waited for a core, so on a
+    shared machine it is the steadier measure of the work a request takes."""
     samples: dict[tuple[str, str], list[float]] = {}
+    cpu: dict[tuple[str, str], list[float]] = {}
     outputs: dict[tuple[str, str], list[int]] = {}
     for round_index in range(rounds):
         for runtime in runtimes:
             for mode in MODES:
                 adapters = {"none": [None, None], "a": ["a", "a"], "a/b": ["a", "b"]}[mode]
                 for adapter in adapters:
-                    rate, new = tokens_per_s(runtime, ids, adapter)
+                    rate, cpu_ms, new = tokens_per_s(runtime, ids, adapter)
                     samples.setdefault((runtime.name, mode), []).append(rate)
+                    cpu.setdefault((runtime.name, mode), []).append(cpu_ms)
                     outputs.setdefault((runtime.name, adapter or "none"), new)
                 print(f"round {round_index + 1}/{rounds}: {runtime.name}, {mode}: "
-                      f"{' '.join(f'{r:.1f}' for r in samples[(runtime.name, mode)][-2:])} tokens/s "
+                      f"{' '.join(f'{r:.1f}' for r in samples[(runtime.name, mode)][-2:])} tokens/s, "
+                      f"{' '.join(f'{r:.0f}' for r in cpu[(runtime.name, mode)][-2:])} CPU ms/token "
                       f"(load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
-    return {k: statistics.median(v) for k, v in samples.items()}, outputs
+    median = {k: statistics.median(v) for k, v in samples.items()}
+    return median, {k: statistics.median(v) for k, v in cpu.items()}, outputs
 
 
 def genai_switch_times(runtime: GenaiRuntime, n: int = 20) -> dict[str, float]:
@@ -320,7 +328,7 @@ def agreement(torch_rt: TorchRuntime, others: dict[str, Any], int4: GenaiRuntime
 # -- report -------------------------------------------------------------------------------
 
 
-def markdown(paths: dict[str, Path], rates: dict, switch: dict, agree: dict, names: dict[str, str], load: tuple,
+def markdown(paths: dict[str, Path], rates: dict, cpu: dict, switch: dict, agree: dict, names: dict[str, str], load: tuple,
              setup_s: float, threads: int, rounds: int) -> str:
     from hostkit_extract_adapters.weights import load_weights
 
@@ -349,7 +357,8 @@ def markdown(paths: dict[str, Path], rates: dict, switch: dict, agree: dict, nam
         f"| hostkit plain ONNX (OnnxConversion with_past + ExtractAdapters) | {sizes['plain'] / 2**20:.0f} MiB | "
         f"{sizes['plain'] / sizes['fp32']:.2f}x |",
         "",
-        "**Generation speed** (tokens/s; slowdown = time per token vs no adapter, same runtime)",
+        "**Generation speed**: tokens/s (wall time), and in brackets CPU ms per token (all threads of the "
+        "process); slowdown = time per token vs no adapter in the same runtime, wall / CPU",
         "",
         "| runtime | no adapter | adapter a | a/b switched per request | slowdown a | slowdown a/b |",
         "|---|---|---|---|---|---|",
@@ -358,8 +367,10 @@ def markdown(paths: dict[str, Path], rates: dict, switch: dict, agree: dict, nam
     for key in ("torch", "plain", "fp32", "int4"):
         name = names[key]
         none, one, both = (rates[(name, m)] for m in MODES)
-        lines.append(f"| {name} | {none:.1f} ({none / torch_none:.2f}x torch) | {one:.1f} | {both:.1f} | "
-                     f"{none / one - 1:+.0%} | {none / both - 1:+.0%} |")
+        c_none, c_one, c_both = (cpu[(name, m)] for m in MODES)
+        lines.append(f"| {name} | {none:.1f} ({c_none:.0f} ms; {none / torch_none:.2f}x torch) | {one:.1f} "
+                     f"({c_one:.0f} ms) | {both:.1f} ({c_both:.0f} ms) | {none / one - 1:+.0%} / "
+                     f"{c_one / c_none - 1:+.0%} | {none / both - 1:+.0%} / {c_both / c_none - 1:+.0%} |")
     lines += [
         "",
         f"(anchor: onnxruntime-genai #1661 reports ~30% slower token generation with a rank-8 adapter.)",
@@ -422,15 +433,16 @@ def main() -> int:
         runtimes = [torch_rt, plain, fp32, int4]
         for runtime in runtimes:  # warm-up
             runtime.generate(ids[:8], "a")
-        rates, outputs = throughput(runtimes, ids, args.rounds)
+        rates, cpu, outputs = throughput(runtimes, ids, args.rounds)
         switch = genai_switch_times(int4)
         agree = agreement(torch_rt, {"plain": plain, "fp32": fp32}, int4, outputs, ids)
         load_after = os.getloadavg()[0]
         names = {"torch": torch_rt.name, "plain": plain.name, "fp32": fp32.name, "int4": int4.name}
-        text = markdown(paths, rates, switch, agree, names, (load_before, load_after), setup_s, args.threads,
+        text = markdown(paths, rates, cpu, switch, agree, names, (load_before, load_after), setup_s, args.threads,
                         args.rounds)
         if args.json:
             args.json.write_text(json.dumps({"rates": {f"{k[0]} | {k[1]}": v for k, v in rates.items()},
+                                             "cpu_ms_per_token": {f"{k[0]} | {k[1]}": v for k, v in cpu.items()},
                                              "switch_s": switch,
                                              "agreement": {f"{k[0]} | {k[1]}": v for k, v in agree.items()}},
                                             indent=2))
