@@ -8,6 +8,9 @@ never import torch, transformers, peft, bitsandbytes or onnxruntime.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
+import threading
 import json
 import sys
 from pathlib import Path
@@ -41,6 +44,8 @@ def build_parser(host: PluginHost) -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="override [output].dir")
     p.add_argument("--dry-run", action="store_true", help="validate and print the plan without loading a model")
     p.add_argument("--no-cache", action="store_true", help="run every step even if unchanged")
+    p.add_argument("--verify", action="store_true",
+                   help="before skipping an unchanged step, check its files' hashes (not only their sizes)")
     _add_common(p)
 
     p = sub.add_parser("validate", help="check a run file (everything short of loading a model)")
@@ -113,6 +118,8 @@ def main(argv: list[str] | None = None, *, host: PluginHost | None = None, strea
     try:
         if host is None:
             host = PluginHost.discover(_workspace(pre))
+            for notice in host.notices:
+                print(f"warning: {notice}", file=sys.stderr)
         parser = build_parser(host)
         args = parser.parse_args(argv)
         if args.command is None:
@@ -123,9 +130,9 @@ def main(argv: list[str] | None = None, *, host: PluginHost | None = None, strea
         handler = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "passes": cmd_passes,
                    "schema": cmd_schema, "new-plugin": cmd_new_plugin}[args.command]
         return handler(args, host, stream)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("interrupted; completed steps are kept", file=stream)
-        return 130
+        return 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130
     except OSError as exc:  # e.g. the output disk filled up while a step folder was being finalised
         if pre.traceback:
             from hostkit.runner import format_bug
@@ -173,6 +180,28 @@ def _print_plan(config: Any, host: PluginHost) -> None:
             print(f"      {key} = {json.dumps(value)}")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, ``kill``, a container stop): handled like Ctrl-C, exit 143."""
+
+
+@contextlib.contextmanager
+def terminate_like_ctrl_c():
+    """Turn SIGTERM into :class:`Terminated` while a run runs, so every exit path (manifest status
+    ``interrupted``, the output lock released) runs as for Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_run(args: argparse.Namespace, host: PluginHost, stream: Any) -> int:
     from hostkit.plan import plan_run
 
@@ -184,7 +213,8 @@ def cmd_run(args: argparse.Namespace, host: PluginHost, stream: Any) -> int:
     from hostkit.runner import Runner
 
     _quiet_libraries()
-    Runner(host, config, stream=stream, use_cache=False if args.no_cache else None).run()
+    with terminate_like_ctrl_c():
+        Runner(host, config, stream=stream, use_cache=False if args.no_cache else None, verify=args.verify).run()
     return EXIT_OK
 
 

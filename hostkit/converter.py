@@ -5,28 +5,34 @@ hooks below:
 
 * strict leaves: ``"8"`` is not an int, ``8.7`` is not an int, ``"false"`` is
   not a bool; a float option accepts a TOML integer;
+* numbers are finite and integers fit in 64 bits, wherever they are: typed
+  options and free-form tables (``training_args``) alike (``nan``, ``inf`` and
+  ``-inf`` are valid TOML, and a run with them fails late or silently);
 * unknown keys are errors with a "did you mean" hint (difflib);
 * attrs validator messages are attached to the field's TOML path;
 * all problems are collected and raised together as :class:`ConfigError`,
   each prefixed with its path, e.g.
   ``passes[0] (LoRA).training_args.learnin_rate: unknown key (did you mean 'learning_rate'?)``.
 
-cattrs structures every leaf, list, table and union through these hooks; attrs
-classes get the host's own hook (:func:`_attrs_hook`) rather than cattrs' generated
-one, because cattrs stops a class at its first error and reports validator messages
-without the field's path (its ``forbid_extra_keys`` is therefore not used: unknown
-keys are found here, with their hint).
+cattrs structures every leaf, list, table and union through these hooks, and
+attrs classes with its own generated functions (``forbid_extra_keys``, detailed
+validation, so that it collects every error of a table); :func:`_attrs_hook` turns
+those errors into TOML paths with "did you mean" hints and runs the attrs
+validators one field at a time (cattrs would report only the first, without its path).
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 import types
 import typing
 from typing import Any, Literal, Union
 
 import attrs
 import cattrs
+from cattrs.errors import AttributeValidationNote, ForbiddenExtraKeysError
+from cattrs.gen import make_dict_structure_fn
 
 from hostkit.errors import ConfigError
 from hostkit.options import help_of
@@ -124,7 +130,7 @@ def make_converter() -> cattrs.Converter:
     conv = cattrs.Converter()
     for tp in (int, float, str, bool):
         conv.register_structure_hook(tp, _strict(tp))
-    conv.register_structure_hook(Any, lambda v, _: v)
+    conv.register_structure_hook(Any, lambda v, _: _free_form(v))
     conv.register_structure_hook_factory(_is_union, lambda tp: _union_hook(conv, tp))
     conv.register_structure_hook_factory(_is_literal, _literal_hook)
     conv.register_structure_hook_factory(_is_list, lambda tp: _list_hook(conv, tp))
@@ -141,9 +147,45 @@ def _strict(tp: type) -> Any:
     def hook(value: Any, _tp: Any) -> Any:
         if not _matches(value, tp):
             raise _mismatch(tp, value)
+        problem = _number_problem(value)
+        if problem:
+            raise _Problems([("", problem)])
         return float(value) if tp is float else value
 
     return hook
+
+
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def _number_problem(value: Any) -> str | None:
+    """NaN and infinities are never an option's value; integers fit in 64 bits (as TOML promises)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"expected a finite number, got {value!r}"
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64[0] <= value <= INT64[1]:
+        return f"expected an integer that fits in 64 bits, got {value}"
+    return None
+
+
+def _free_form(value: Any) -> Any:
+    """A value of type ``Any`` (e.g. inside ``dict[str, Any]``): the number rule, at every depth."""
+    problems: list[tuple[str, str]] = []
+
+    def walk(item: Any, path: str) -> None:
+        problem = _number_problem(item)
+        if problem:
+            problems.append((path, problem))
+        elif isinstance(item, dict):
+            for key, sub in item.items():
+                walk(sub, f".{key}" if not path else f"{path}.{key}")
+        elif isinstance(item, (list, tuple)):
+            for i, sub in enumerate(item):
+                walk(sub, f"{path}[{i}]")
+
+    walk(value, "")
+    if problems:
+        raise _Problems(problems)
+    return value
 
 
 def _is_union(tp: Any) -> bool:
@@ -225,7 +267,10 @@ def _dict_hook(conv: cattrs.Converter, tp: Any) -> Any:
 
 
 def _attrs_hook(conv: cattrs.Converter, cls: type) -> Any:
-    fields = attrs.fields(cls)
+    """cattrs' own generated structuring of ``cls`` (``forbid_extra_keys``, detailed validation),
+    with its errors turned into TOML-path problems and attrs validators run field by field."""
+    generated = make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, _cattrs_detailed_validation=True)
+    fields = [f for f in attrs.fields(cls) if f.init]
     hints = typing.get_type_hints(cls)
 
     def hook(value: Any, _cls: Any) -> Any:
@@ -233,39 +278,74 @@ def _attrs_hook(conv: cattrs.Converter, cls: type) -> Any:
             return value
         if not isinstance(value, dict):
             raise _Problems([("", f"expected a table, got {_describe(value)}")])
-        problems: list[tuple[str, str]] = []
-        names = [f.name for f in fields if f.init]
-        for key in value:
-            if key not in names:
-                problems.append((f".{key}", "unknown key" + did_you_mean(key, names)))
-        kwargs = {}
-        for field in fields:
-            if not field.init:
-                continue
-            if field.name not in value:
-                if field.default is attrs.NOTHING:
-                    problems.append((f".{field.name}", f"missing (required: {help_of(field) or _type_name(hints[field.name])})"))
-                continue
-            try:
-                item = conv.structure(value[field.name], hints[field.name])
-            except _Problems as exc:
-                problems += [(f".{field.name}{p}", m) for p, m in exc.items]
-                continue
-            if field.validator is not None:
-                try:
-                    field.validator(None, field, item)
-                except (ValueError, TypeError) as exc:
-                    problems.append((f".{field.name}", str(exc)))
-                    continue
-            kwargs[field.name] = item
-        if problems:
-            raise _Problems(problems)
         try:
-            return cls(**kwargs)
+            with attrs.validators.disabled():  # run below, one field at a time, each with its path
+                instance = generated(value, cls)
+        except cattrs.ClassValidationError as exc:
+            problems = _class_problems(exc, value, fields, hints)
+            faulty = {path.split(".")[1].split("[")[0] for path, _ in problems if path.startswith(".")}
+            raise _Problems(problems + _loose_validator_problems(conv, value, fields, hints, faulty)) from None
         except (ValueError, TypeError) as exc:  # cross-field checks in __attrs_post_init__
             raise _Problems([("", str(exc))]) from None
+        problems = _validator_problems(instance, fields)
+        if problems:
+            raise _Problems(problems)
+        return instance
 
     return hook
+
+
+def _class_problems(exc: cattrs.ClassValidationError, value: dict[str, Any], fields: list[Any],
+                    hints: dict[str, Any]) -> list[tuple[str, str]]:
+    """cattrs' grouped errors as (path, message): unknown keys first (in the table's order), then fields."""
+    names = [f.name for f in fields]
+    by_name = {f.name: f for f in fields}
+    unknown: list[tuple[str, str]] = []
+    problems: list[tuple[str, str]] = []
+    for sub in exc.exceptions:
+        if isinstance(sub, ForbiddenExtraKeysError):
+            unknown += [(f".{key}", "unknown key" + did_you_mean(key, names)) for key in value if key in sub.extra_fields]
+            continue
+        name = next((note.name for note in getattr(sub, "__notes__", []) if isinstance(note, AttributeValidationNote)), "")
+        if isinstance(sub, KeyError) and name in by_name:
+            field = by_name[name]
+            problems.append((f".{name}", f"missing (required: {help_of(field) or _type_name(hints[name])})"))
+        elif isinstance(sub, _Problems):
+            problems += [(f".{name}{p}" if name else p, m) for p, m in sub.items]
+        elif not name and isinstance(sub, (ValueError, TypeError)):  # __attrs_post_init__'s cross-field check
+            problems.append(("", str(sub)))
+        else:
+            problems.append((f".{name}" if name else "", f"{type(sub).__name__}: {sub}"))
+    return unknown + problems
+
+
+def _loose_validator_problems(conv: cattrs.Converter, value: dict[str, Any], fields: list[Any],
+                              hints: dict[str, Any], faulty: set[str]) -> list[tuple[str, str]]:
+    """Validator problems of the fields cattrs did structure, when the table as a whole failed
+    (every problem is reported at once)."""
+    problems = []
+    for field in fields:
+        if field.validator is None or field.name in faulty or field.name not in value:
+            continue
+        try:
+            item = conv.structure(value[field.name], hints[field.name])
+            field.validator(None, field, item)
+        except _Problems:
+            continue
+        except (ValueError, TypeError) as exc:
+            problems.append((f".{field.name}", str(exc)))
+    return problems
+
+
+def _validator_problems(instance: Any, fields: list[Any]) -> list[tuple[str, str]]:
+    problems = []
+    for field in fields:
+        if field.validator is not None:
+            try:
+                field.validator(instance, field, getattr(instance, field.name))
+            except (ValueError, TypeError) as exc:
+                problems.append((f".{field.name}", str(exc)))
+    return problems
 
 
 converter = make_converter()

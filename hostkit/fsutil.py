@@ -55,6 +55,45 @@ def content_hash(path: Path) -> str | None:
     return "sha256:" + digest.hexdigest()
 
 
+def file_digests(path: Path) -> dict[str, list]:
+    """Relative name -> [size, "sha256:..."] of every file under the folder ``path``."""
+    path = Path(path)
+    out = {}
+    for file in _files(path):
+        digest = hashlib.sha256()
+        with open(file, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        out[str(file.relative_to(path))] = [file.stat().st_size, "sha256:" + digest.hexdigest()]
+    return out
+
+
+def changed_files(path: Path, recorded: dict[str, Any], *, verify: bool = False) -> list[tuple[str, str]]:
+    """(name, "missing" / "changed") for the recorded files of folder ``path`` that are gone or differ:
+    by size (cheap), and with ``verify`` by sha256 too."""
+    path = Path(path)
+    found = []
+    for name, entry in sorted(recorded.items()):
+        file = path / name
+        try:
+            size = file.stat().st_size
+        except OSError:
+            found.append((name, "missing"))
+            continue
+        if not isinstance(entry, list) or len(entry) != 2:
+            continue
+        if size != entry[0]:
+            found.append((name, f"changed ({entry[0]} -> {size} bytes)"))
+        elif verify:
+            digest = hashlib.sha256()
+            with open(file, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+            if "sha256:" + digest.hexdigest() != entry[1]:
+                found.append((name, "changed (content hash)"))
+    return found
+
+
 def fingerprint(path: Path) -> str | None:
     """A cheap stand-in for a content hash: names, sizes and mtimes of the files."""
     path = Path(path)

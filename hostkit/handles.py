@@ -19,25 +19,30 @@ from typing import Any
 
 import attrs
 
-from hostkit.options import one_of, option
+from hostkit.options import no_key, one_of, option
 
 
 @attrs.frozen
 class HfModel:
     """A transformers model: a local folder or a hub id, plus an optional PEFT adapter."""
 
-    path: str = option(help="model folder, or a hub id where a hub is reachable", path=True, hub=True)
+    path: str = option(help="model folder, or a hub id where a hub is reachable", path=True, hub=True, folder=True)
     task: str = option("text-generation", help="text-generation or text-classification",
                        validator=one_of("text-generation", "text-classification"))
-    adapter_path: str | None = option(None, help="a PEFT adapter folder to load on top of the model", path=True)
+    adapter_path: str | None = option(None, help="a PEFT adapter folder to load on top of the model", path=True,
+                                      folder=True)
     gguf_file: str | None = option(None, help="a GGUF file inside `path` (or an absolute path); converted once to a cached safetensors folder",
                                    within="path", loader=True)
-    tokenizer_path: str | None = option(None, help="tokenizer folder when it differs from `path`", path=True)
+    tokenizer_path: str | None = option(None, help="tokenizer folder when it differs from `path`", path=True,
+                                        folder=True)
     torch_dtype: str | None = option(None, help="dtype to load the weights in (float32, float16, bfloat16); None keeps the saved dtype",
                                      validator=one_of("float32", "float16", "bfloat16", "auto"))
     trust_remote_code: bool = option(False, help="allow code from the model folder to run (off unless you set it)")
     quantization: dict[str, Any] | None = option(None, help="transformers.BitsAndBytesConfig arguments the base is loaded with (set by QLoRA/LoftQ)")
-    load_kwargs: dict[str, Any] = option(factory=dict, help="extra keyword arguments for from_pretrained")
+    load_kwargs: dict[str, Any] = option(
+        factory=dict, help="extra keyword arguments for from_pretrained",
+        validator=no_key("trust_remote_code", "model code runs only with trust_remote_code = true in [model] itself, "
+                                              "which the manifest records"))
     num_labels: int | None = option(None, help="number of labels (text-classification)")
 
 

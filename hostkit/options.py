@@ -16,7 +16,7 @@ NOTHING = attrs.NOTHING
 
 def option(default: Any = NOTHING, *, help: str, factory: Callable[[], Any] | None = None,
            validator: Any = None, path: bool = False, hub: bool = False, data: bool = False,
-           within: str | None = None, loader: bool = False) -> Any:
+           within: str | None = None, loader: bool = False, folder: bool = False) -> Any:
     """An attrs field with a help line.
 
     ``path=True`` marks a field holding a file or folder: the host resolves it
@@ -28,9 +28,11 @@ def option(default: Any = NOTHING, *, help: str, factory: Callable[[], Any] | No
     ``within="path"`` marks a file name inside the folder another field names:
     the host checks it exists there. ``loader=True`` marks a field that a
     plugin's ``hostkit_load_model`` must turn into something else: a handle that
-    still sets it after loading is an error.
+    still sets it after loading is an error. ``folder=True`` (with ``path``): the
+    value must be a folder when it exists (a file there is a validation error).
     """
-    metadata = {"help": help, "path": path, "hub": hub, "data": data, "within": within, "loader": loader}
+    metadata = {"help": help, "path": path, "hub": hub, "data": data, "within": within, "loader": loader,
+                "folder": folder}
     if factory is not None:
         return attrs.field(factory=factory, validator=validator, metadata=metadata)
     return attrs.field(default=default, validator=validator, metadata=metadata)
@@ -74,6 +76,20 @@ def help_of(field: attrs.Attribute) -> str:
 
 def is_path_field(field: attrs.Attribute) -> bool:
     return bool((field.metadata or {}).get("path"))
+
+
+def is_folder_field(field: attrs.Attribute) -> bool:
+    return bool((field.metadata or {}).get("folder"))
+
+
+def no_key(key: str, why: str) -> Callable[[Any, Any, Any], None]:
+    """Validator of a table option: ``key`` may not be set in it (``why`` says where it belongs)."""
+
+    def check(_instance: Any, attribute: Any, value: Any) -> None:
+        if isinstance(value, dict) and key in value:
+            raise ValueError(f"{key} may not be set here: {why}")
+
+    return check
 
 
 def is_data_field(field: attrs.Attribute) -> bool:

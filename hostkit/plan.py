@@ -13,10 +13,11 @@ from typing import Any
 
 import attrs
 
+from hostkit import handles
 from hostkit.converter import collect, did_you_mean, structure_strict
 from hostkit.errors import ConfigError, PluginLoadError
 from hostkit.hardware import cuda_visible
-from hostkit.options import is_data_field, is_path_field
+from hostkit.options import is_data_field, is_folder_field, is_path_field
 from hostkit.paths import package_name, resolve_local, resolve_paths
 from hostkit.plugins import PluginHost
 from hostkit.tables import CheckContext, OutputConfig, RunConfig, StepConfig, read_toml
@@ -24,6 +25,7 @@ from hostkit.workspace import deep_merge
 
 TOP_LEVEL = ("model", "data", "passes", "output")
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
+MAX_NAME = 64  # the step folder "NN-name" and its ".NN-name.partial" / ".old" siblings stay far below 255 bytes
 
 
 def _looks_local(value: str, resolved: str) -> bool:
@@ -53,6 +55,7 @@ def plan_run(run_file: Path, host: PluginHost, *, output_dir: str | None = None)
     model_problems, model = _plan_model(raw.get("model"), host, base)
     data_problems, data, data_names = _plan_data(raw.get("data", {}), host, base)
     output_problems, output = _plan_output(raw.get("output", {}), base, output_dir)
+    output_problems += _output_collisions(output, model, "--output-dir" if output_dir is not None else "output.dir")
     found.config += model_problems + data_problems + output_problems
     check_context = CheckContext(run_file=run_file, data=data, model=model)
     steps, resolved_passes = _plan_passes(raw.get("passes", []), host, base, model, data_names, check_context, found)
@@ -87,6 +90,9 @@ def _plan_model(model_raw: Any, host: PluginHost, base: Path) -> tuple[list[str]
     for field in attrs.fields(type(model)):
         if is_path_field(field):
             problems += _model_path_problems(field.name, getattr(model, field.name), getattr(resolved, field.name))
+            value = getattr(resolved, field.name)
+            if is_folder_field(field) and isinstance(value, str) and Path(value).is_file():
+                problems.append(f"model.{field.name}: {value} is a file, expected a folder")
     for field in attrs.fields(type(model)):
         within = (field.metadata or {}).get("within")
         value = getattr(resolved, field.name)
@@ -128,8 +134,28 @@ def _plan_output(output_raw: Any, base: Path, output_dir: str | None) -> tuple[l
     problems: list[str] = []
     output = collect(problems, output_raw, OutputConfig, "output") or OutputConfig()
     if output_dir is not None:
-        return problems, attrs.evolve(output, dir=str(Path(output_dir).resolve()))
-    return problems, attrs.evolve(output, dir=resolve_local(output.dir, base))  # always local
+        output = attrs.evolve(output, dir=str(Path(output_dir).resolve()))
+    else:
+        output = attrs.evolve(output, dir=resolve_local(output.dir, base))  # always local
+    if Path(output.dir).exists() and not Path(output.dir).is_dir():
+        where = "--output-dir" if output_dir is not None else "output.dir"
+        problems.append(f"{where}: {output.dir} is a file, expected a folder (or a path that does not exist yet)")
+    return problems, output
+
+
+def _output_collisions(output: OutputConfig, model: Any, where: str) -> list[str]:
+    """An output folder equal to or inside a local folder of the model: its outputs would change the
+    model's files, so its fingerprint (the cache key) would change on every run."""
+    if model is None:
+        return []
+    out = Path(output.dir)
+    problems = []
+    for name, value in handles.path_fields(model).items():
+        folder = Path(value)
+        if folder.is_dir() and (out == folder or out.is_relative_to(folder)):
+            problems.append(f"{where}: {out} is {'the' if out == folder else 'inside the'} model folder "
+                            f"(model.{name} = {folder}); choose a folder outside it")
+    return problems
 
 
 # -- [[passes]] ---------------------------------------------------------------------
@@ -224,6 +250,10 @@ def _checked_name(where: str, step_name: Any, flow: _TypeFlow, found: _Problems)
     if step_name is not None and (not isinstance(step_name, str) or not _NAME.fullmatch(step_name)
                                   or step_name == "model" or step_name in flow.by_name):
         found.config.append(f"{where}.name: expected a new name of letters, digits, '_' or '-', got {step_name!r}")
+        return None
+    if step_name is not None and len(step_name) > MAX_NAME:
+        found.config.append(f"{where}.name: at most {MAX_NAME} characters (it names the step folder), "
+                            f"got {len(step_name)}")
         return None
     return step_name
 
@@ -329,6 +359,11 @@ def _unknown_pass_message(host: PluginHost, type_name: str) -> str:
         else:
             msg += f"; it is provided by plugin {name!r}, declared but not installed: {host.workspace.install_hint(name)}"
     msg += f" (installed: {', '.join(known) or 'none'})"
+    switched = sorted((r for r in host.records.values() if r.status == "disabled" and r.error and "HOSTKIT_" in r.error),
+                      key=lambda r: r.name)
+    if switched:
+        reasons = sorted({r.error.split(": ", 1)[-1].removeprefix("disabled by ") for r in switched})
+        msg += f"; switched off by {', '.join(reasons)}: {', '.join(r.name for r in switched)}"
     return msg
 
 

@@ -138,6 +138,7 @@ class PluginHost:
         self.records: dict[str, PluginRecord] = {}
         self.workspace = workspace or Workspace()
         self.hooks = HookCaller(self.pm)
+        self.notices: list[str] = []  # warnings about how the plugins were chosen (HOSTKIT_* variables)
 
     # -- construction ---------------------------------------------------------
 
@@ -169,8 +170,12 @@ class PluginHost:
             self.add_plugin(plugin, record)
 
     def load_entry_points(self, env: dict[str, str] | os._Environ, quiet: bool = False) -> None:
-        only = _env_list("HOSTKIT_LOAD_PLUGINS", dict(env))
-        disabled = (_env_list("HOSTKIT_DISABLE_PLUGINS", dict(env)) or set()) | self.workspace.disabled()
+        env = dict(env)
+        only = _env_list("HOSTKIT_LOAD_PLUGINS", env)
+        switched_off = _env_list("HOSTKIT_DISABLE_PLUGINS", env) or set()
+        # plugin names match like pass types: case-insensitively
+        only_folded = {n.casefold() for n in only} if only is not None else None
+        disabled = {n.casefold() for n in switched_off | self.workspace.disabled()}
         seen = set()
         for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
             if ep.name in seen:
@@ -184,8 +189,12 @@ class PluginHost:
                 module=ep.value,
                 declared=ep.name in self.workspace.plugins,
             )
-            if (only is not None and ep.name not in only) or ep.name in disabled:
+            if (only_folded is not None and ep.name.casefold() not in only_folded) or ep.name.casefold() in disabled:
                 record.status = "disabled"
+                if only_folded is not None and ep.name.casefold() not in only_folded:
+                    record.error = f"disabled: not in HOSTKIT_LOAD_PLUGINS={env['HOSTKIT_LOAD_PLUGINS']}"
+                elif ep.name.casefold() in {n.casefold() for n in switched_off}:
+                    record.error = f"disabled by HOSTKIT_DISABLE_PLUGINS={env['HOSTKIT_DISABLE_PLUGINS']}"
                 self.records[ep.name] = record
                 continue
             record.warning = _compatibility_warning(dist)
@@ -199,6 +208,13 @@ class PluginHost:
                 self.records[ep.name] = record
                 continue
             self.add_plugin(module, record)
+        from hostkit.config import did_you_mean
+
+        known = {name.casefold() for name in seen} | {name.casefold() for name in self.workspace.plugins}
+        for variable, names in (("HOSTKIT_LOAD_PLUGINS", only or set()), ("HOSTKIT_DISABLE_PLUGINS", switched_off)):
+            for name in sorted(n for n in names if n.casefold() not in known):
+                self.notices.append(f"{variable}: no plugin named {name!r} is installed"
+                                    f"{did_you_mean(name, sorted(seen))} (installed: {', '.join(sorted(seen)) or 'none'})")
         for name, decl in self.workspace.plugins.items():
             if name not in self.records:
                 self.records[name] = PluginRecord(
@@ -222,11 +238,13 @@ class PluginHost:
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
+            record.provides = self._would_provide(plugin, record)  # so a run that needs it is exit 3
             self.pm.unregister(plugin)
             record.status = "broken"
             record.error = f"plugin {record.name!r} ({record.describe()}) has a hook that hostkit does not define: {exc}"
             return record
         if record.status != "internal" and _plain_run_pass(self.pm, plugin):
+            record.provides = self._would_provide(plugin, record)
             self.pm.unregister(plugin)
             record.status = "broken"
             record.error = (f"plugin {record.name!r} ({record.describe()}) implements hostkit_run_pass as a plain hook; "
@@ -252,6 +270,17 @@ class PluginHost:
         for specs in contested:
             self._warn_contest(specs)
         return record
+
+    def _would_provide(self, plugin: Any, record: PluginRecord) -> list[str]:
+        """The pass types a plugin that cannot load would register (its hostkit_register run against a scratch registry)."""
+        scratch = Registry()
+        for impl in self.pm.hook.hostkit_register.get_hookimpls():
+            if impl.plugin is plugin:
+                try:
+                    impl.function(register=Registrar(scratch, record.info))
+                except Exception:  # noqa: BLE001 - it is broken anyway; its name is the fallback guess
+                    pass
+        return sorted(scratch.passes) + sorted(scratch.contested)
 
     def _warn_contest(self, specs: list[Any]) -> None:
         message = (f"pass type {specs[0].name!r} is registered by {describe_providers(specs)}: a run that uses it "

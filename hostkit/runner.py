@@ -5,11 +5,18 @@ to ``NN-name/`` only when the step completes, so a step folder exists only when
 it is complete. ``manifest.json`` is replaced atomically after every step.
 A step whose cache key (pass type, resolved options, plugin version, input
 handle and a fingerprint of the input files) matches the previous manifest is
-skipped. A ``.partial`` folder left by an interrupted step with the same key is
-kept, so a training pass can resume from its last checkpoint.
+skipped, when the files the manifest recorded for it are still there with their
+sizes (``verify``: their sha256 too); otherwise it runs again, saying why. A
+``.partial`` folder left by an interrupted step with the same key is kept, so a
+training pass can resume from its last checkpoint.
 
-Under ``torchrun`` every rank runs every pass; only rank 0 renames folders and
-writes the manifest.
+A run holds an exclusive lock on its output folder (:mod:`hostkit.outdir`), and
+reads the previous manifest through its schema (one that does not fit is moved
+aside). When writing the manifest fails after a step failed, the step's error is
+the one reported.
+
+Under ``torchrun`` every rank runs every pass; only rank 0 takes the lock,
+renames folders and writes the manifest.
 """
 
 from __future__ import annotations
@@ -28,9 +35,10 @@ import attrs
 from hostkit import __version__, handles
 from hostkit.converter import converter
 from hostkit.errors import HostkitError, PassError
-from hostkit.fsutil import atomic_write_json, content_hash, fingerprint, stable_hash
+from hostkit.fsutil import atomic_write_json, changed_files, content_hash, file_digests, fingerprint, stable_hash
 from hostkit.hardware import distributed_rank
 from hostkit.options import is_data_field
+from hostkit.outdir import OutputLock, lock_output, read_manifest
 from hostkit.plugins import PluginHost
 from hostkit.tables import RunConfig, StepConfig
 
@@ -58,6 +66,7 @@ class StepRecord:
     notes: dict[str, Any] = attrs.field(factory=dict)
     resumed: bool = False
     error: str | None = None
+    files: dict[str, Any] = attrs.field(factory=dict)  # relative path -> [size, "sha256:..."] of the step folder
 
     def as_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -164,18 +173,14 @@ def _input_fingerprint(handle: Any) -> dict[str, Any]:
     return {name: fingerprint(Path(p)) or p for name, p in handles.path_fields(handle).items()}
 
 
-def _previous_manifest(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 class Runner:
     """Runs a planned :class:`RunConfig` with a :class:`PluginHost`."""
 
-    def __init__(self, host: PluginHost, config: RunConfig, *, stream: Any = None, use_cache: bool | None = None):
+    def __init__(self, host: PluginHost, config: RunConfig, *, stream: Any = None, use_cache: bool | None = None,
+                 verify: bool = False):
         self.host = host
+        self.verify = verify  # check the hashes (not only the sizes) of a cached step's files
+        self._lock: OutputLock | None = None
         self.config = config
         self.stream = stream if stream is not None else sys.stderr
         self.use_cache = config.output.cache if use_cache is None else use_cache
@@ -183,9 +188,14 @@ class Runner:
 
     def run(self) -> list[StepRecord]:
         context = self._start()
-        previous = _reusable_steps(context.output_dir / "manifest.json") if self.use_cache else {}
         records: list[StepRecord] = []
         error: BaseException | None = None
+        try:
+            previous = _reusable_steps(read_manifest(context.output_dir, move_aside=context.is_main_process,
+                                                     stream=self.stream)) if self.use_cache else {}
+        except BaseException:
+            self._release()
+            raise
         self.host.hooks.run_started(context=context, steps=list(self.config.steps))
         try:
             model = self.host.hooks.load_model(model=self.config.model, context=context)
@@ -217,6 +227,7 @@ class Runner:
                              world_size=world, stream=self.stream)
         if context.is_main_process:
             _check_writable(out)
+            self._lock = lock_output(out, run_file=str(self.config.source), stream=self.stream)
         context.manifest = {
             "hostkit_version": __version__,
             "run_file": str(self.config.source),
@@ -242,7 +253,21 @@ class Runner:
             manifest["final_model"] = records[-1].output
         if self.host.hooks.observer_errors:
             manifest["observer_errors"] = list(self.host.hooks.observer_errors)
-        self.host.hooks.run_finished(context=context, records=records, error=error)
+        try:
+            self.host.hooks.run_finished(context=context, records=records, error=error)
+        except OSError as exc:
+            if error is None:
+                raise
+            # the run already failed: that error is the one to report; say what else went wrong
+            print(f"warning: could not write {context.output_dir / 'manifest.json'}: {exc.strerror or exc}",
+                  file=self.stream)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # -- one step ---------------------------------------------------------------
 
@@ -259,7 +284,7 @@ class Runner:
         """Serve the step from the cache, or run it in its .partial folder and publish it."""
         final = run.output_dir / step.folder_name
         context = StepContext(run=run, step=step, record=record, output_dir=final, total=len(self.config.steps))
-        cached = self._cached(previous.get(record.key), final)
+        cached = self._cached(previous.get(record.key), final, step)
         if cached is not None:
             _mark_cached(record, previous[record.key])
             return cached, context
@@ -268,8 +293,9 @@ class Runner:
         output = self._publish(run, step, context, output)
         return output, context
 
-    def _cached(self, entry: dict[str, Any] | None, final: Path) -> Any:
-        """The output handle of a previous run of this step, when its folder and files are all still there."""
+    def _cached(self, entry: dict[str, Any] | None, final: Path, step: StepConfig) -> Any:
+        """The output handle of a previous run of this step, when its folder and files are all still there
+        (recorded sizes; with ``verify`` their hashes); else None, saying why when files changed."""
         if entry is None or not final.is_dir() or not entry.get("output"):
             return None
         try:
@@ -277,7 +303,16 @@ class Runner:
         except Exception:  # noqa: BLE001 - an unreadable entry just disables the cache
             return None
         paths = [p for p in handles.path_fields(output).values() if p.startswith("/")]
-        return output if all(Path(p).exists() for p in paths) else None
+        if not all(Path(p).exists() for p in paths):
+            return None
+        changed = changed_files(final, entry.get("files") or {}, verify=self.verify)
+        if changed:
+            shown = ", ".join(f"{step.folder_name}/{name} {why}" for name, why in changed[:3])
+            more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+            print(f"[{step.index + 1}/{len(self.config.steps)}] {step.type}: {shown}{more} since the last run: "
+                  "running it again", file=self.stream)
+            return None
+        return output
 
     def _prepare_dir(self, run: RunContext, step: StepConfig, key: str) -> tuple[Path, bool]:
         """The folder the step writes into, and whether it resumes an interrupted run of itself."""
@@ -317,7 +352,7 @@ class Runner:
             self.host.hooks.step_failed(context=context, error=exc)
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            raise _classify(exc, step, record) from exc
+            raise _classify(exc, step, record, context.output_dir) from exc
 
     def _publish(self, run: RunContext, step: StepConfig, context: StepContext, output: Any) -> Any:
         """Rename the .partial folder to the step folder (rank 0) and point the handle at it."""
@@ -335,6 +370,7 @@ class Runner:
         record.output = _handle_json(output)
         if run.is_main_process:
             record.content_hash = content_hash(final)
+            record.files = file_digests(final)
         return output
 
     # -- cache keys -------------------------------------------------------------
@@ -374,10 +410,9 @@ def _check_writable(out: Path) -> None:
         raise PassError(f"output.dir: cannot write to {out}: {exc.strerror or exc}") from None
 
 
-def _reusable_steps(manifest_path: Path) -> dict[str, Any]:
-    """Cache key -> step entry, for the completed steps of the previous manifest."""
-    previous = _previous_manifest(manifest_path)
-    return {s.get("key"): s for s in previous.get("steps", []) if s.get("status") in ("ok", "cached")}
+def _reusable_steps(previous: dict[str, Any]) -> dict[str, Any]:
+    """Cache key -> step entry, for the completed steps of the previous manifest (read by :func:`read_manifest`)."""
+    return {s["key"]: s for s in previous.get("steps", []) if s["status"] in ("ok", "cached")}
 
 
 def _mark_cached(record: StepRecord, entry: dict[str, Any]) -> None:
@@ -386,6 +421,7 @@ def _mark_cached(record: StepRecord, entry: dict[str, Any]) -> None:
     record.content_hash = entry.get("content_hash")
     record.metrics = entry.get("metrics", {})
     record.notes = entry.get("notes", {})
+    record.files = entry.get("files", {})
     record.duration_s = 0.0
 
 
@@ -406,15 +442,16 @@ def _replace_dir(partial: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _classify(exc: BaseException, step: StepConfig, record: StepRecord) -> "StepFailed":
-    """An expected failure (HostkitError, an OSError with an errno) or a bug in the plugin."""
+def _classify(exc: BaseException, step: StepConfig, record: StepRecord, output_dir: Path) -> "StepFailed":
+    """An expected failure (HostkitError, an OSError with an errno: the machine's) or a bug in the plugin."""
     plugin = step.spec.plugin
     where = f"{step.toml_path} (plugin {plugin.describe() if plugin else '?'})"
     if isinstance(exc, HostkitError):
         return StepFailed(f"{where}: {exc}", cause=exc, is_bug=False, record=record)
     if isinstance(exc, OSError) and exc.errno is not None:
-        return StepFailed(f"{where}: {exc.strerror}: {exc.filename or ''}".rstrip(": "), cause=exc, is_bug=False,
-                          record=record)
+        # a write() that fails has no file name: name the folder the step was writing
+        path = exc.filename if exc.filename is not None else f"while writing into {output_dir}"
+        return StepFailed(f"{where}: {exc.strerror}: {path}", cause=exc, is_bug=False, record=record)
     return StepFailed(f"{where}: bug in the plugin: {type(exc).__name__}: {exc}", cause=exc, is_bug=True, record=record)
 
 

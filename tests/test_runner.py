@@ -195,11 +195,12 @@ def test_bug_in_a_plugin_prints_a_short_traceback(run_toml, workdir):
 
 
 def test_unwritable_output_dir_is_a_clear_error(run_toml, workdir):
-    (workdir / "out").write_text("a file where the output folder should be")
-    result = run_toml(RUN, workdir=workdir)
+    # (an output.dir that is itself a file is refused by validate: tests/reliability/test_validation.py)
+    (workdir / "blocker").write_text("a file where a folder of the output path should be")
+    result = run_toml(RUN.replace('dir = "out"', 'dir = "blocker/out"'), workdir=workdir)
     assert result.exit_code == 1
-    assert f"output.dir: cannot write to {workdir / 'out'}" in result.output
-    assert (workdir / "out").read_text().startswith("a file")
+    assert f"output.dir: cannot write to {workdir / 'blocker' / 'out'}" in result.output
+    assert (workdir / "blocker").read_text().startswith("a file")
 
 
 def test_ctrl_c_stops_cleanly_and_keeps_completed_steps(workdir):

@@ -12,8 +12,6 @@ TWO_STEPS = echo_run(passes='[[passes]]\ntype = "Echo"\nmessage = "one"\n'
                             '[[passes]]\ntype = "Echo"\nmessage = "two"\n')
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12.4: a step whose output file was deleted is 'unchanged, skipped' "
-                                       "(the recorded outputs are never checked)")
 def test_a_deleted_output_file_reruns_its_step_saying_why(workdir):
     (workdir / "run.toml").write_text(TWO_STEPS)
     code, output = cli(["run", "run.toml"], workdir)
@@ -28,8 +26,6 @@ def test_a_deleted_output_file_reruns_its_step_saying_why(workdir):
     assert (workdir / "out" / "01-echo" / "echo.txt").read_text() == "one\n"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12.4: the manifest's content hash is never read: no --verify, and "
-                                       "a file changed in place (same size) is trusted")
 def test_verify_reruns_a_step_whose_output_changed_in_place(workdir):
     (workdir / "run.toml").write_text(TWO_STEPS)
     assert cli(["run", "run.toml"], workdir)[0] == 0
@@ -55,8 +51,6 @@ BAD_MANIFESTS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12.7: a manifest of the wrong shape is an AttributeError/TypeError "
-                                       "traceback; a non-JSON one is silently ignored, never moved aside")
 @pytest.mark.parametrize("content", BAD_MANIFESTS.values(), ids=BAD_MANIFESTS.keys())
 def test_a_bad_manifest_is_moved_aside_with_one_warning(workdir, content):
     (workdir / "run.toml").write_text(TWO_STEPS)

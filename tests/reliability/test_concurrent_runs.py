@@ -17,8 +17,6 @@ def _step_started(out):
     return lambda: out.is_dir() and any(p.name.endswith(".partial") for p in out.iterdir())
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12.1: no lock on the output dir: a second run of the same file "
-                                       "'resumes' the first one's .partial folder instead of refusing")
 def test_a_second_run_into_a_busy_output_dir_is_refused_naming_the_dir_and_the_holder(workdir):
     (workdir / "run.toml").write_text(SLOW_ECHO)
     out = workdir / "out"
@@ -39,8 +37,6 @@ def test_a_second_run_into_a_busy_output_dir_is_refused_naming_the_dir_and_the_h
     assert sorted(p.name for p in out.iterdir()) == ["01-echo", "manifest.json"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12.1: no lock file, so a lock left by a killed run is never "
-                                       "detected as stale and taken over with a message")
 def test_a_lock_left_by_a_killed_run_is_taken_over_with_a_message(workdir):
     (workdir / "run.toml").write_text(SLOW_ECHO)
     out = workdir / "out"
@@ -70,8 +66,6 @@ def test_the_lock_is_released_on_every_exit_path(workdir):
     assert code == 0 and "lock" not in output.replace(str(workdir), "<workdir>").lower(), output
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12.10: SIGTERM kills the run without its exit path: the manifest "
-                                       "stays at status 'running'")
 def test_sigterm_is_treated_like_ctrl_c(workdir):
     passes = ('[[passes]]\ntype = "Echo"\nmessage = "quick"\n'
               '[[passes]]\ntype = "Echo"\nmessage = "slow"\nrepeat = 40\nsleep_s = 0.25\n')

@@ -107,8 +107,6 @@ def test_a_merge_refuses_trust_remote_code_inside_load_kwargs(run_toml, tiny_lla
 
 # -- the machine's errors name the step and the path (fast: the Echo test plugin) ---------------
 
-@pytest.mark.xfail(strict=True, reason="issue 12.8: an OSError on output is reported as its strerror alone, without "
-                                       "the path being written")
 def test_a_full_disk_inside_a_step_names_the_step_and_the_path(workdir):
     (workdir / "run.toml").write_text(echo_run(passes=f'[[passes]]\ntype = "Echo"\nmessage = "{"x" * 999}"\n'
                                                       'repeat = 200\n'))
@@ -120,8 +118,6 @@ def test_a_full_disk_inside_a_step_names_the_step_and_the_path(workdir):
     assert json.loads((workdir / "out" / "manifest.json").read_text())["status"] == "failed"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12.8: when the manifest cannot be written after a step failed (a "
-                                       "full disk), the manifest's OSError replaces the step's own error")
 def test_the_first_error_is_kept_when_the_manifest_write_fails(workdir):
     # a disk that fills up: the step's 2 KB echo.txt fails first, then the ~3 KB manifest cannot be written either
     (workdir / "run.toml").write_text(echo_run(passes=f'[[passes]]\ntype = "Echo"\nmessage = "{"x" * 2000}"\n'))

@@ -8,8 +8,6 @@ from host_helpers import make_fake_distribution
 from reliability.support import TRACEBACK, cli, echo_run
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12.10: HOSTKIT_LOAD_PLUGINS is case-sensitive ('Echo' turns every "
-                                       "plugin off)")
 def test_plugin_names_in_the_switches_match_like_pass_types(workdir):
     (workdir / "run.toml").write_text(echo_run())
     for env in ({"HOSTKIT_LOAD_PLUGINS": "Echo"}, {"HOSTKIT_LOAD_PLUGINS": " ECHO ,lora"}):
@@ -19,8 +17,6 @@ def test_plugin_names_in_the_switches_match_like_pass_types(workdir):
     assert code == 2 and "HOSTKIT_DISABLE_PLUGINS" in output, output
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12.10: unknown names in HOSTKIT_LOAD_PLUGINS / "
-                                       "HOSTKIT_DISABLE_PLUGINS are ignored silently")
 @pytest.mark.parametrize("variable", ["HOSTKIT_LOAD_PLUGINS", "HOSTKIT_DISABLE_PLUGINS"])
 def test_unknown_names_in_the_switches_are_warned_about(workdir, variable):
     (workdir / "run.toml").write_text(echo_run())
@@ -31,8 +27,6 @@ def test_unknown_names_in_the_switches_are_warned_about(workdir, variable):
     assert len(warnings) == 1 and variable in warnings[0] and "warning" in warnings[0].lower(), output
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12.10: a pass type switched off by HOSTKIT_LOAD_PLUGINS says "
-                                       "'installed: none' without naming the variable")
 def test_a_pass_switched_off_by_the_variable_names_the_variable(workdir):
     (workdir / "run.toml").write_text(echo_run())
     code, output = cli(["validate", "run.toml"], workdir, env={"HOSTKIT_LOAD_PLUGINS": "lora"})
@@ -59,8 +53,6 @@ def hostkit_run_passs(pass_type, config, model, context):  # misspelt
 """
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12.10: a plugin with a misspelt hook whose pass name differs from "
-                                       "the plugin name gives exit 2 'unknown pass type' instead of exit 3")
 def test_a_broken_plugin_whose_pass_name_differs_is_exit_3_naming_it(workdir):
     site = make_fake_distribution(workdir / "site", dist="hostkit-gadgets", version="0.2", module="hostkit_gadgets",
                                   entry_name="gadgets", source=MISSPELT)
