@@ -130,7 +130,22 @@ def raw_cmd(model: str, data: Path, out: Path, *, steps: int, batch: int, max_le
     return cmd + (["--bf16"] if bf16 else [])
 
 
-def measure(variant: dict, work: Path, env: dict[str, str]) -> dict:
+def measure(variant: dict, work: Path, env: dict[str, str], tries: int = 2) -> dict:
+    """One run; a failed run is tried once more (a shared working tree can be mid-edit)."""
+    for attempt in range(tries):
+        try:
+            result = _measure(variant, work, env)
+            print("RUN " + json.dumps({k: v for k, v in result.items() if k != "notes"}), file=sys.stderr, flush=True)
+            return result
+        except SystemExit as exc:
+            if attempt == tries - 1:
+                raise
+            print(f"retrying after: {str(exc)[-300:]}", file=sys.stderr, flush=True)
+            time.sleep(10)
+    raise AssertionError("unreachable")
+
+
+def _measure(variant: dict, work: Path, env: dict[str, str]) -> dict:
     if variant["kind"] == "hostkit":
         (work / "run.toml").write_text(variant["toml"])
         wall, rss, _ = run_measured([PY, "-m", "hostkit", "run", "run.toml"], work, env)
