@@ -120,6 +120,7 @@ def hostkit_process(*argv: str) -> tuple[int, str, str]:
     return result.returncode, result.stdout, result.stderr
 
 
+@pytest.mark.slow  # two hostkit processes that each import transformers and onnxruntime
 def test_infer_command_prints_one_error_line_and_exits_1(small_vocab_model, tmp_path):
     adapter = save_adapter(tmp_path / "own.onnx_adapter")
     args = ("infer", str(small_vocab_model), "--adapter", f"own={adapter}", "--use", "own",
