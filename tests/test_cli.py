@@ -10,7 +10,7 @@ import pytest
 
 from host_helpers import run_hostkit
 
-HEAVY = ["torch", "transformers", "peft", "bitsandbytes", "onnxruntime", "datasets"]
+HEAVY = ["torch", "transformers", "peft", "bitsandbytes", "onnxruntime", "onnxruntime_genai", "datasets"]
 
 
 @pytest.mark.parametrize("args", [["--help"], ["plugins"], ["passes"], ["schema", "Echo"], ["plugins", "--json"]])
