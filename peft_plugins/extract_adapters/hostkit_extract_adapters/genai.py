@@ -51,6 +51,7 @@ SEARCH_OPTIONS = ("do_sample", "temperature", "top_k", "top_p", "repetition_pena
                   "min_length", "no_repeat_ngram_size", "num_beams", "length_penalty")
 
 _SESSION_STEP = "creating the onnxruntime-genai model"
+_RUNTIME = "onnxruntime-genai"
 
 
 def genai_folder(path: str | os.PathLike) -> Path | None:
@@ -128,7 +129,7 @@ class GenaiSession:
             self.tokenizer = og.Tokenizer(self.model)
             self._og_adapters = og.Adapters(self.model) if self.signature.slots else None
         except Exception as exc:  # noqa: BLE001 - genai raises RuntimeError for everything
-            raise InferenceError(exc, model=str(folder), adapter=None, step=_SESSION_STEP) from exc
+            raise InferenceError(exc, model=str(folder), adapter=None, step=_SESSION_STEP, runtime=_RUNTIME) from exc
 
     # -- adapters ----------------------------------------------------------------
 
@@ -174,7 +175,8 @@ class GenaiSession:
         try:
             self._og_adapters.load(str(file_path), name)
         except Exception as exc:  # noqa: BLE001
-            raise InferenceError(exc, model=str(self.folder), adapter=name, step=f"loading {file_path}") from exc
+            raise InferenceError(exc, model=str(self.folder), adapter=name, step=f"loading {file_path}",
+                                 runtime=_RUNTIME) from exc
         adapter = GenaiAdapter(name=name, source=str(source) if not isinstance(source, Mapping) else "<arrays>",
                                file=Path(file_path), metadata=dict(meta))
         self.adapters[name] = adapter
@@ -215,12 +217,13 @@ class GenaiSession:
             if adapter is not None:
                 generator.set_active_adapter(self._og_adapters, adapter)
         except Exception as exc:  # noqa: BLE001
-            raise InferenceError(exc, model=str(self.folder), adapter=adapter, step="creating the generator") from exc
+            raise InferenceError(exc, model=str(self.folder), adapter=adapter, step="creating the generator",
+                                 runtime=_RUNTIME) from exc
         try:
             generator.append_tokens(np.asarray(ids, dtype=np.int32))
         except Exception as exc:  # noqa: BLE001
             raise InferenceError(exc, model=str(self.folder), adapter=adapter,
-                                 step=f"prefill ({len(ids)} prompt tokens)") from exc
+                                 step=f"prefill ({len(ids)} prompt tokens)", runtime=_RUNTIME) from exc
         return generator
 
     def iter_ids(self, input_ids: Sequence[int], adapter: str | None = None, max_new_tokens: int = 20,
@@ -235,7 +238,7 @@ class GenaiSession:
                 generator.generate_next_token()
             except Exception as exc:  # noqa: BLE001
                 raise InferenceError(exc, model=str(self.folder), adapter=adapter,
-                                     step=f"decoding token {index + 1} of {max_new_tokens}") from exc
+                                     step=f"decoding token {index + 1} of {max_new_tokens}", runtime=_RUNTIME) from exc
             yield int(generator.get_next_tokens()[0])
 
     def generate_ids(self, input_ids: Sequence[int], adapter: str | None = None, max_new_tokens: int = 20,

@@ -54,12 +54,13 @@ class InferenceError(PassError):
     ``cause`` is onnxruntime's own exception; the message is one line.
     """
 
-    def __init__(self, cause: BaseException, *, model: str, adapter: str | tuple[str, ...] | None, step: str):
+    def __init__(self, cause: BaseException, *, model: str, adapter: str | tuple[str, ...] | None, step: str,
+                 runtime: str = "onnxruntime"):
         self.cause = cause
         self.model = model
         self.adapter = adapter
         self.step = step
-        super().__init__(f"{model} with {_adapter_label(adapter)}, {step}: onnxruntime failed: {_ort_message(cause)}")
+        super().__init__(f"{model} with {_adapter_label(adapter)}, {step}: {runtime} failed: {_ort_message(cause)}")
 
 
 def _adapter_label(adapter: str | tuple[str, ...] | None) -> str:

@@ -233,3 +233,21 @@ def test_infer_refuses_a_higher_rank_and_modules_only_hostkit_graphs_have(genai_
     session = GenaiSession(genai_case.folder)
     session.load_adapter("own", genai_case.own_file)
     assert json.loads(output)["completion"] == session.generate(PROMPT, adapter="own", max_new_tokens=4)
+
+
+@pytest.mark.slow
+def test_a_genai_failure_is_one_error_line(genai_case, tmp_path, cli):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(genai_case.folder, broken)
+    config = json.loads((broken / "genai_config.json").read_text())
+    config["model"]["decoder"]["session_options"]["no_such_option"] = 1
+    (broken / "genai_config.json").write_text(json.dumps(config))
+    code, output = cli("infer", str(broken), "--prompt", PROMPT)
+    assert code == 1, output
+    lines = output.strip().splitlines()
+    assert len(lines) == 1, output
+    assert lines[0].startswith(f"ERROR: {broken} with no adapter, creating the onnxruntime-genai model: "
+                               "onnxruntime-genai failed: ")
+    assert "no_such_option" in lines[0]
