@@ -217,7 +217,7 @@ def cases() -> list[Case]:
         lora_case("learning_rate = inf", "12.2", _lora(training_args="learning_rate = inf")),
         lora_case("weight_decay = nan", "12.2", _lora(training_args="weight_decay = nan")),
         lora_case("trust_remote_code in load_kwargs", "12.3", _lora(model="load_kwargs = { trust_remote_code = true }"),
-                  needle="model.load_kwargs.trust_remote_code"),
+                  needle="model.load_kwargs: trust_remote_code"),
         Case("deleted output, re-run", "12.4", {"run.toml": _two_echo()},
              prepare=_ran_once(lambda d: (d / "out" / "01-echo" / "echo.txt").unlink()), expect="accepted",
              needle="echo.txt"),
