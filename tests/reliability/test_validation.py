@@ -84,16 +84,8 @@ def test_trust_remote_code_inside_load_kwargs_is_refused(run_toml, lora_workdir)
 
 # -- 12.6: output paths that collide -----------------------------------------------------------
 
-def _open(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
-@pytest.mark.parametrize("case", [
-    "output-is-model", "output-inside-model", "output-is-a-file", "model-is-a-file",
-    pytest.param("output-dir-escapes", marks=_open("issue 12.6: training_args.output_dir with '..' is accepted "
-                                                   "(checkpoints land outside the output dir)")),
-    "long-step-name",
-])
+@pytest.mark.parametrize("case", ["output-is-model", "output-inside-model", "output-is-a-file", "model-is-a-file",
+                                  "output-dir-escapes", "long-step-name"])
 def test_colliding_output_paths_are_refused_at_validate(run_toml, lora_workdir, case):
     (lora_workdir / "file.txt").write_text("not a folder")
     text, path = {
@@ -115,7 +107,7 @@ def test_colliding_output_paths_are_refused_at_validate(run_toml, lora_workdir, 
 @pytest.mark.parametrize("options, training_args, path", [
     pytest.param("r = 1180591620717411303424", "", "passes[0] (LoRA).r", id="r-over-64-bits"),
     pytest.param("", "per_device_train_batch_size = 0", "passes[0] (LoRA).training_args.per_device_train_batch_size",
-                 id="batch-size-0", marks=_open("issue 12.10: validate misses per_device_train_batch_size = 0")),
+                 id="batch-size-0"),
 ])
 def test_values_that_only_fail_at_run_time_are_refused_at_validate(run_toml, lora_workdir, options, training_args,
                                                                     path):

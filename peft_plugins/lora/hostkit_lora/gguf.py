@@ -72,7 +72,8 @@ def _convert(folder: Path, name: str, model: Any, target: Path, context: Any) ->
         delattr(config, "quantization_config")
     plain = type(loaded)(config)
     plain.load_state_dict(loaded.state_dict())
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), gguf_file=name)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), gguf_file=name,
+                                                           trust_remote_code=model.trust_remote_code)
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     plain.save_pretrained(partial, safe_serialization=True)

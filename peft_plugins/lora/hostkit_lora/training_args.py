@@ -118,6 +118,10 @@ def flatten(user: dict[str, Any]) -> dict[str, Any]:
     return {**extra, **user} if isinstance(extra, dict) else user
 
 
+#: TrainingArguments fields that must be positive integers (a 0 fails deep inside the Trainer or torch)
+POSITIVE_INTS = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps")
+
+
 def check_training_args(user: dict[str, Any], *, prefix: str = "training_args") -> list[str]:
     """Problems with a ``training_args`` table, each ``"<prefix>.<key>: <message>"``."""
     fields = training_arg_fields()
@@ -137,9 +141,13 @@ def check_training_args(user: dict[str, Any], *, prefix: str = "training_args") 
                 if message:
                     problems.append(f"{prefix}.{key}: {message}")
     output_dir = args.get("output_dir")
-    if isinstance(output_dir, str) and Path(output_dir).is_absolute():
-        problems.append(f"{prefix}.output_dir: must be relative: checkpoints stay inside the step folder "
-                        "(so an interrupted step can resume)")
+    if isinstance(output_dir, str) and (Path(output_dir).is_absolute() or ".." in Path(output_dir).parts):
+        problems.append(f"{prefix}.output_dir: must be a relative path without '..': checkpoints stay inside the "
+                        f"step folder (so an interrupted step can resume), got {output_dir!r}")
+    for key in POSITIVE_INTS:
+        value = args.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            problems.append(f"{prefix}.{key}: must be >= 1, got {value}")
     if not cuda_visible():
         for key, what in GPU_ONLY.items():
             if what and args.get(key):
