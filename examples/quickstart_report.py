@@ -237,7 +237,7 @@ def ort_generate(session: Any, adapter: str | None, prompts: list[list[int]], de
 
 # -- the report ------------------------------------------------------------------------
 
-BATCH = 25            # evaluation batch (torch and onnxruntime)
+BATCH = 30            # evaluation batch (torch and onnxruntime)
 
 
 def steps_by_name(manifest: dict) -> dict[str, dict]:
@@ -252,21 +252,48 @@ def run_seconds(manifest: dict) -> float:
 
 
 class Deployed:
-    """The deployed model: one session, both adapters, the adapter chosen per request."""
+    """The deployed model: one session, both adapters, the adapter chosen per request.
+
+    With a ModelBuilder step in the run (int4 onnxruntime-genai model) the
+    extracted genai folder is served by ``GenaiSession``; otherwise the
+    extracted plain-ONNX model by ``AdapterSession``.
+    """
 
     def __init__(self, steps: dict[str, dict], adapters: dict[str, str]):
         extracted = steps["extracted"]["output"]
         self.path = extracted["path"]
-        from hostkit_extract_adapters.infer import AdapterSession
+        builder = next((step for step in steps.values() if step["type"].lower() == "modelbuilder"), None)
+        if builder is not None:
+            from hostkit_extract_adapters.genai import GenaiSession
 
-        self.session = AdapterSession(self.path, tokenizer=extracted.get("tokenizer_path"))
-        self.label = "onnxruntime fp32"
+            precision = builder.get("options", {}).get("precision", "int4")
+            self.session: Any = GenaiSession(Path(self.path).parent if Path(self.path).is_file() else self.path)
+            self.label = f"onnxruntime-genai {precision}"
+        else:
+            from hostkit_extract_adapters.infer import AdapterSession
+
+            self.session = AdapterSession(self.path, tokenizer=extracted.get("tokenizer_path"))
+            self.label = "onnxruntime fp32"
+        self.genai = builder is not None
         for name, folder in adapters.items():
             self.session.load_adapter(name, folder)      # a PEFT folder, converted and checked against the graph
 
     def generate(self, adapter: str | None, prompts: list[list[int]], decoder: Decoder,
                  progress: Progress) -> list[list[int]]:
-        return ort_generate(self.session, adapter, prompts, decoder, batch_size=BATCH, progress=progress)
+        if not self.genai:
+            return ort_generate(self.session, adapter, prompts, decoder, batch_size=BATCH, progress=progress)
+        answers: list[list[int]] = []
+        for i, prompt in enumerate(prompts):      # genai: one generator per request
+            row: list[int] = []
+            for token in self.session.iter_ids(prompt, adapter=adapter, max_new_tokens=decoder.max_new_tokens):
+                row.append(token)
+                if decoder.finished(row):
+                    break
+            answers.append(decoder.trim(row))
+            if (i + 1) % BATCH == 0 or i + 1 == len(prompts):
+                done = answers[-((i % BATCH) + 1):]
+                progress.update(len(done), sum(len(r) for r in done))
+        return answers
 
 
 def main() -> int:
@@ -323,6 +350,10 @@ def main() -> int:
                   for label, texts in answers.items()}
         results.append((task, rows, answers, scores, speed))
 
+    with open(run_dir / "quickstart_answers.json", "w") as fh:
+        json.dump({task: [{"input": row["input"], "expected": row["answer"],
+                           **{label: texts[i] for label, texts in answers.items()}} for i, row in enumerate(rows)]
+                   for task, rows, answers, _, _ in results}, fh, indent=1, ensure_ascii=False)
     print()
     print(f"| task | held-out | base | base {SHOTS}-shot | adapter, torch fp32 | adapter, deployed "
           f"({deployed.label}) | tokens/s torch / deployed |")
@@ -331,6 +362,9 @@ def main() -> int:
         print(f"| {task} | {len(rows)} | {scores['base']:.0%} | {scores[f'base {SHOTS}-shot']:.0%} | "
               f"{scores['adapter torch']:.0%} | {scores['adapter deployed']:.0%} | "
               f"{speed['adapter torch']:.0f} / {speed['adapter deployed']:.0f} |")
+    for task, rows, answers, _, _ in results:
+        same = sum(a == b for a, b in zip(answers["adapter torch"], answers["adapter deployed"]))
+        print(f"{task}: the deployed model gives the same answer as torch PEFT on {same} of {len(rows)} examples")
     print()
     for task, rows, answers, _, _ in results:
         for i in range(3):
@@ -346,6 +380,7 @@ def main() -> int:
         print(f"  {task} adapter (PEFT):  {adapters[task]}")
         print(f"  {task} loss plot:       {folder / 'loss.png'}")
     print(f"  deployed model:        {deployed.path}")
+    print(f"  every answer:          {run_dir / 'quickstart_answers.json'}")
     print(f"  run manifest:          {run_dir / 'manifest.json'}")
     print(f"time: hostkit run {run_seconds(manifest):.0f}s (cached steps excluded), "
           f"this report {time.perf_counter() - started:.0f}s")
