@@ -24,11 +24,18 @@ discoverable through its entry point, importing it pulls no heavy library, its
 config class is frozen, documented and round-trips, invalid options are
 reported with their TOML path, its ``PassSpec(run=...)`` entry is its own
 (importable, not contested by another plugin), and the pass runs on the tiny
-model with an output handle that round-trips through JSON.
+model with an output handle that round-trips through JSON (and, when the output
+has an ``adapter_path`` and peft is installed, an adapter that loads in peft).
+
+``run_file`` placeholders: ``{tiny_llama}`` (the tiny model folder),
+``{tiny_lora}`` (a PEFT LoRA adapter on it, random B: set it as the model's
+``adapter_path``) and ``{tiny_jsonl}`` (a small jsonl file), so that a pass
+whose input must be an adapter or data needs no other plugin to prepare it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -44,6 +51,8 @@ from hostkit.plugins import ENTRY_POINT_GROUP, PluginHost
 
 #: what importing a plugin module must not import (DESIGN.md: heavy imports happen when a pass runs)
 HEAVY_MODULES = ("torch", "transformers", "peft", "bitsandbytes", "onnxruntime", "datasets", "onnx")
+#: ``{name}`` in a conformance ``run_file`` -> the path of the hostkit.testing fixture of that name
+PLACEHOLDERS = ("tiny_llama", "tiny_lora", "tiny_jsonl")
 
 
 class PassConformance:
@@ -57,11 +66,26 @@ class PassConformance:
     run_file: ClassVar[str | None] = None
     #: extra heavy modules the plugin must not import at import time
     heavy_modules: ClassVar[tuple[str, ...]] = HEAVY_MODULES
+    #: the plugins loaded besides this one (as HOSTKIT_LOAD_PLUGINS does): None, every installed plugin;
+    #: () this plugin alone, so that the run test proves it needs no other
+    load_only: ClassVar[tuple[str, ...] | None] = None
+    #: load an output handle's ``adapter_path`` in peft over its base (when peft is installed); False for a
+    #: pass whose "adapter" is not a PEFT one
+    check_adapter_loads: ClassVar[bool] = True
 
     # -- helpers ---------------------------------------------------------------
 
     def _host(self) -> PluginHost:
-        return PluginHost.discover(env={})
+        if self.load_only is None:
+            return PluginHost.discover(env={})
+        return PluginHost.discover(env={"HOSTKIT_LOAD_PLUGINS": ",".join((self.plugin_name, *self.load_only))})
+
+    def _fill(self, text: str, request: pytest.FixtureRequest) -> str:
+        """The run file with its placeholders replaced; each fixture is built only when its placeholder is used."""
+        for name in PLACEHOLDERS:
+            if "{" + name + "}" in text:
+                text = text.replace("{" + name + "}", str(request.getfixturevalue(name)))
+        return text
 
     def _spec(self) -> Any:
         spec = self._host().registry.find_pass(self.pass_type)
@@ -82,13 +106,11 @@ class PassConformance:
         assert self.pass_type in record.provides
 
     def test_run_entry_is_its_own(self) -> None:
-        host = self._host()
+        host = PluginHost.discover(env={})  # every installed plugin: another one may register this pass type
         assert not host.registry.contest(self.pass_type), host.provider_problem(self.pass_type)
         spec = self._spec()
         assert spec.plugin is not None and spec.plugin.name == self.plugin_name, spec.plugin
         if isinstance(spec.run, str):  # importable, without running it
-            import importlib.util
-
             module = spec.run.partition(":")[0]
             assert importlib.util.find_spec(module) is not None, f"run = {spec.run!r}: no module {module!r}"
         else:
@@ -131,16 +153,24 @@ class PassConformance:
             text = str(info.value)
             assert f"passes[0] ({self.pass_type}).{key}" in text or f"passes[0] ({self.pass_type}): " in text, text
 
-    def test_runs_on_tiny_model(self, tiny_llama: Path, tmp_path: Path) -> None:
+    def test_runs_on_tiny_model(self, request: pytest.FixtureRequest, tmp_path: Path) -> None:
         if self.run_file is None:
             pytest.skip("no run_file given")
         from hostkit import handles
         from hostkit.testing.runs import run_toml
 
-        text = textwrap.dedent(self.run_file).replace("{tiny_llama}", str(tiny_llama))
-        result = run_toml(text, tmp_path)
+        host = self._host()
+        text = self._fill(textwrap.dedent(self.run_file), request)
+        result = run_toml(text, tmp_path, host=host)
         assert result.exit_code == 0, result.output
         manifest = result.manifest
         assert manifest and manifest["status"] == "ok"
         out = manifest["steps"][-1]["output"]
-        assert handles.to_json(handles.from_json(json.loads(json.dumps(out)), self._host().registry.handle_types())) == out
+        handle = handles.from_json(json.loads(json.dumps(out)), host.registry.handle_types())
+        assert handles.to_json(handle) == out
+        if (self.check_adapter_loads and getattr(handle, "adapter_path", None)
+                and importlib.util.find_spec("peft") is not None):
+            from hostkit.testing.models import check_adapter_loads
+
+            problem = check_adapter_loads(handle)
+            assert problem is None, problem

@@ -104,3 +104,31 @@ def make_lora_adapter(base_dir: str | Path, out: str | Path, *, seed: int = 0, *
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
     model.save_pretrained(out)
     return Path(out)
+
+
+#: the rows of :func:`write_tiny_jsonl`: short question/answer texts in the tiny tokenizer's vocabulary
+TINY_ROWS = [
+    {"text": f"### Q: what is the country code of {country}? ### A: {country[:2].upper()}",
+     "prompt": f"what is the country code of {country}?", "response": country[:2].upper()}
+    for country in ("france", "germany", "italy", "spain", "paris", "berlin", "rome", "madrid")
+]
+
+
+def write_tiny_jsonl(path: str | Path, rows: list[dict] | None = None) -> Path:
+    """Write a small jsonl file (default :data:`TINY_ROWS`: 8 rows with ``text``, ``prompt`` and ``response``)."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in (TINY_ROWS if rows is None else rows)), encoding="utf-8")
+    return path
+
+
+def build_tiny_lora(base_dir: str | Path, out: str | Path, *, seed: int = 0, **lora_kwargs) -> Path:
+    """An adapter folder as the LoRA family writes it: :func:`make_lora_adapter` (random B, so it changes the
+    logits) plus the base's tokenizer files (``adapter_config.json``, ``adapter_model.safetensors``, tokenizer)."""
+    from transformers import AutoTokenizer
+
+    out = make_lora_adapter(base_dir, out, seed=seed, **lora_kwargs)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
+    return out
