@@ -161,18 +161,54 @@ def _output_collisions(output: OutputConfig, model: Any, where: str) -> list[str
 # -- [[passes]] ---------------------------------------------------------------------
 
 
+#: what the plan knows of a handle's fields: field -> (set?, why, for messages); None: nothing known
+_Facts = dict[str, tuple[bool, str]] | None
+
+
 @attrs.define
 class _TypeFlow:
-    """Which model type flows out of each step so far: ``current`` (the previous step's), and by step name."""
+    """Which model type flows out of each step so far: ``current`` (the previous step's), and by step name;
+    likewise what is known of its fields (``PassSpec.input_requires`` is checked against these)."""
 
     current: str | None
     by_name: dict[str, str | None]
+    facts: _Facts = None
+    facts_by_name: dict[str, _Facts] = attrs.field(factory=dict)
 
     def unknown(self, step_name: Any) -> None:
         """A step whose output type is unknown: later steps are not blamed for it."""
         self.current = None
+        self.facts = None
         if isinstance(step_name, str):
             self.by_name[step_name] = None
+            self.facts_by_name[step_name] = None
+
+
+def _model_facts(model: Any) -> _Facts:
+    if model is None or not attrs.has(type(model)):
+        return None
+    return {f.name: (bool(getattr(model, f.name)), f"[model] has no {f.name}") for f in attrs.fields(type(model))}
+
+
+def _output_facts(where: str, spec: Any, input_type: str | None, facts: _Facts) -> _Facts:
+    """What is known of the step's output: the input's facts (same type) updated by the spec's declarations;
+    nothing when the pass declares neither ``output_sets`` nor ``output_clears``."""
+    if not (spec.output_sets or spec.output_clears):
+        return None
+    same_type = spec.output_type is None or spec.output_type == input_type
+    out = dict(facts) if same_type and facts is not None else {}
+    out.update({name: (True, "") for name in spec.output_sets})
+    out.update({name: (False, f"{where} gives one without it") for name in spec.output_clears})
+    return out
+
+
+def _input_requirement_problems(where: str, spec: Any, facts: _Facts) -> list[str]:
+    problems = []
+    for name in spec.input_requires:
+        known = (facts or {}).get(name)
+        if known is not None and not known[0]:
+            problems.append(f"{where}: needs an input with {name} set, but {known[1]}")
+    return problems
 
 
 def _plan_passes(passes_raw: Any, host: PluginHost, base: Path, model: Any, data_names: list[str],
@@ -183,7 +219,8 @@ def _plan_passes(passes_raw: Any, host: PluginHost, base: Path, model: Any, data
     if not passes_raw:
         found.config.append("passes: no [[passes]] tables: nothing to run")
     model_type = type(model).__name__ if model is not None else None
-    flow = _TypeFlow(current=model_type, by_name={"model": model_type})
+    facts = _model_facts(model)
+    flow = _TypeFlow(current=model_type, by_name={"model": model_type}, facts=facts, facts_by_name={"model": facts})
     steps, resolved = [], []
     for index, table in enumerate(passes_raw):
         step, options = _plan_step(index, dict(table), host, base, data_names, check_context, flow, found)
@@ -205,6 +242,7 @@ def _plan_step(index: int, table: dict[str, Any], host: PluginHost, base: Path, 
     where = f"passes[{index}] ({spec.name})"
     step_name = _checked_name(where, step_name, flow, found)
     step_input, input_type = _checked_input(where, step_input, flow, found)
+    input_facts = flow.facts_by_name.get(step_input) if step_input else flow.facts
     options = deep_merge(host.workspace.defaults_for(spec.name), table)
     resolved = {"type": spec.name, **({"name": step_name} if step_name else {}),
                 **({"input": step_input} if step_input else {}), **options}
@@ -223,9 +261,12 @@ def _plan_step(index: int, table: dict[str, Any], host: PluginHost, base: Path, 
     if input_type is not None and spec.input_types and input_type not in spec.input_types:
         source = step_input or (f"passes[{index - 1}]" if index else "[model]")
         found.config.append(f"{where}: takes {' or '.join(spec.input_types)}, but {source} gives {input_type}")
+    found.config += _input_requirement_problems(where, spec, input_facts)
     flow.current = spec.output_type or input_type
+    flow.facts = _output_facts(where, spec, input_type, input_facts)
     if step_name:
         flow.by_name[step_name] = flow.current
+        flow.facts_by_name[step_name] = flow.facts
     if not valid:
         return None, resolved
     return StepConfig(index=index, spec=spec, config=config, options=options, name=step_name, input=step_input), resolved

@@ -82,6 +82,14 @@ class PassSpec:
     :class:`hostkit.config.CheckContext` and returns a list of problems, each
     ``"<option>: <message>"``; it runs at validation time and must not import
     heavy libraries.
+
+    What the plan can see of handles: ``input_requires`` names handle fields the
+    input must have set (``("adapter_path",)``: the pass needs an unmerged
+    adapter); ``output_sets`` / ``output_clears`` name the fields the pass's
+    output has set / unset. ``hostkit validate`` follows these facts from the
+    ``[model]`` table through the steps and reports a step whose input lacks a
+    required field. A pass that declares neither makes its output's fields
+    unknown, and later steps are not blamed for them.
     """
 
     name: str
@@ -94,6 +102,9 @@ class PassSpec:
     check: Callable[[Any, Any], list[str]] | None = None
     kind: str = "pass"
     plugin: PluginInfo | None = None
+    input_requires: tuple[str, ...] = ()
+    output_sets: tuple[str, ...] = ()
+    output_clears: tuple[str, ...] = ()
 
     def entry(self) -> Callable[[Any, Any, Any], Any]:
         """The run callable, importing its module now when ``run`` is a string."""

@@ -28,4 +28,5 @@ def hostkit_register(register: Any) -> None:
                               gpu="no", notes="a QLoRA output also needs bitsandbytes>=0.50 (CPU works)"),
         input_types=("HfModel",),
         output_type="HfModel",
+        output_clears=("adapter_path",),  # the adapter is in the weights now: validate tells later passes
     ))
