@@ -3,8 +3,9 @@
 Each step writes into ``<output>/.NN-name.partial/`` and the folder is renamed
 to ``NN-name/`` only when the step completes, so a step folder exists only when
 it is complete. ``manifest.json`` is replaced atomically after every step.
-A step whose cache key (pass type, resolved options, plugin version, input
-handle and a fingerprint of the input files) matches the previous manifest is
+A step whose cache key (pass type, resolved options, plugin version, for a
+plugin installed from a local folder its source files' fingerprint
+(:mod:`hostkit.devcode`), input handle and a fingerprint of the input files) matches the previous manifest is
 skipped, when the files the manifest recorded for it are still there with their
 sizes (``verify``: their sha256 too); otherwise it runs again, saying why. A
 ``.partial`` folder left by an interrupted step with the same key is kept, so a
@@ -34,6 +35,7 @@ import attrs
 
 from hostkit import __version__, handles
 from hostkit.converter import converter
+from hostkit.devcode import source_fingerprint
 from hostkit.errors import HostkitError, PassError
 from hostkit.fsutil import atomic_write_json, changed_files, content_hash, file_digests, fingerprint, stable_hash
 from hostkit.hardware import distributed_rank
@@ -67,6 +69,7 @@ class StepRecord:
     resumed: bool = False
     error: str | None = None
     files: dict[str, Any] = attrs.field(factory=dict)  # relative path -> [size, "sha256:..."] of the step folder
+    plugin_code: str | None = None  # a plugin installed from a local folder: its sources' fingerprint (in the key)
 
     def as_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -185,6 +188,7 @@ class Runner:
         self.stream = stream if stream is not None else sys.stderr
         self.use_cache = config.output.cache if use_cache is None else use_cache
         self._scratch: list[Path] = []  # rank > 0 folders of steps rank 0 had already finished
+        self._code: dict[str, str | None] = {}  # distribution -> its source fingerprint (locally installed ones)
 
     def run(self) -> list[StepRecord]:
         context = self._start()
@@ -276,8 +280,15 @@ class Runner:
         return StepRecord(
             index=step.index, type=step.type, folder=step.folder_name, key=self._step_key(step, model), name=step.name,
             plugin={"name": plugin.name, "distribution": plugin.distribution, "version": plugin.version} if plugin else {},
-            options=step.options, input=_handle_json(model),
+            options=step.options, input=_handle_json(model), plugin_code=self._plugin_code(plugin),
         )
+
+    def _plugin_code(self, plugin: Any) -> str | None:
+        if plugin is None or not plugin.distribution:
+            return None
+        if plugin.distribution not in self._code:
+            self._code[plugin.distribution] = source_fingerprint(plugin.distribution)
+        return self._code[plugin.distribution]
 
     def _run_step(self, run: RunContext, step: StepConfig, model: Any, record: StepRecord,
                   previous: dict[str, Any]) -> tuple[Any, StepContext]:
@@ -288,6 +299,7 @@ class Runner:
         if cached is not None:
             _mark_cached(record, previous[record.key])
             return cached, context
+        self._say_if_code_changed(step, record, previous)
         context.output_dir, context.resuming = self._prepare_dir(run, step, record.key)
         output = self._call(context, model)
         output = self._publish(run, step, context, output)
@@ -313,6 +325,15 @@ class Runner:
                   "running it again", file=self.stream)
             return None
         return output
+
+    def _say_if_code_changed(self, step: StepConfig, record: StepRecord, previous: dict[str, Any]) -> None:
+        """A step re-run because its locally installed plugin's sources changed says so."""
+        before = next((e for e in previous.values() if e.get("folder") == step.folder_name), None)
+        old, new = (before or {}).get("plugin_code"), record.plugin_code
+        if old and new and old != new:
+            print(f"[{step.index + 1}/{len(self.config.steps)}] {step.type}: the code of "
+                  f"{record.plugin.get('distribution')} (installed from a local folder) changed since the last run: "
+                  "running it again", file=self.stream)
 
     def _prepare_dir(self, run: RunContext, step: StepConfig, key: str) -> tuple[Path, bool]:
         """The folder the step writes into, and whether it resumes an interrupted run of itself."""
@@ -383,6 +404,7 @@ class Runner:
             "options": step.options,
             "folder": step.folder_name,
             "plugin": [plugin.distribution, plugin.version] if plugin else None,
+            "plugin_code": self._plugin_code(plugin),
             "input": _handle_json(model),
             "input_files": _input_fingerprint(model),
             "option_files": _input_fingerprint(step.config),

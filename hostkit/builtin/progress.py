@@ -26,6 +26,18 @@ def _label(context: Any) -> str:
     return f"[{context.index + 1}/{context.total}] {context.pass_type}"
 
 
+def _why_cached(record: Any) -> str:
+    """What the cache compared: the plugin's code when it is installed from a local folder, else its version."""
+    plugin = record.plugin or {}
+    if getattr(record, "plugin_code", None):
+        what = "plugin code"
+    elif plugin.get("version"):
+        what = f"plugin version {plugin['version']}"
+    else:
+        what = "plugin"
+    return f"same options, input and {what}; --no-cache runs it again"
+
+
 class ProgressDisplay:
     """The host's progress lines (``hostkit.progress``)."""
 
@@ -81,7 +93,7 @@ class ProgressDisplay:
             return
         self._end_line(context)
         if record.status == "cached":
-            self._print(context, f"{_label(context)} ... unchanged, skipped (cached in {record.folder}/)")
+            self._print(context, f"{_label(context)} ... unchanged, skipped (cached in {record.folder}/: {_why_cached(record)})")
         else:
             resumed = ", resumed" if record.resumed else ""
             self._print(context, f"{_label(context)} ... done in {record.duration_s:.1f}s{resumed} -> {record.folder}/")
