@@ -48,8 +48,8 @@ def model_class(task: str) -> Any:
 def from_pretrained_kwargs(handle: Any, dtype: torch.dtype) -> dict[str, Any]:
     """The keyword arguments of every base ``from_pretrained`` here; ``trust_remote_code`` is the handle's."""
     if "trust_remote_code" in (handle.load_kwargs or {}):
-        raise PassError("model.load_kwargs.trust_remote_code: model code runs only with trust_remote_code = true "
-                        "in [model] itself, not through load_kwargs")
+        raise PassError("model.load_kwargs: trust_remote_code may not be set here: model code runs only with "
+                        "trust_remote_code = true in [model] itself")
     kwargs = {k: v for k, v in dict(handle.load_kwargs or {}).items() if k not in _OWN_KWARGS}
     kwargs["dtype"] = dtype
     kwargs["trust_remote_code"] = handle.trust_remote_code
