@@ -11,11 +11,12 @@ the model's chat template with the same instruction and the same lenient parser:
 * the deployed model: one onnxruntime session serving both adapters, switched
   per request.
 
-    python examples/quickstart_report.py [runs/quickstart]
+    python examples/quickstart_report.py [runs/quickstart] [--shots N]   # --shots 0: no few-shot baseline
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
@@ -298,7 +299,12 @@ class Deployed:
 
 def main() -> int:
     started = time.perf_counter()
-    run_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE.parent / "runs" / "quickstart"
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", nargs="?", type=Path, default=HERE.parent / "runs" / "quickstart")
+    parser.add_argument("--shots", type=int, default=SHOTS, help="solved examples in the few-shot prompt (0: none)")
+    args = parser.parse_args()
+    run_dir, n_shots = args.run_dir, args.shots
+    few_label = f"base {n_shots}-shot"
     manifest = json.loads((run_dir / "manifest.json").read_text())
     steps = steps_by_name(manifest)
     adapters = {task: steps[task]["output"]["adapter_path"] for task in TASKS}
@@ -323,7 +329,7 @@ def main() -> int:
     results = []
     for task in TASKS:
         rows = rows_of(HERE / "data" / f"{task}_test.jsonl")
-        shots = rows_of(HERE / "data" / f"{task}_train.jsonl")[:SHOTS]
+        shots = rows_of(HERE / "data" / f"{task}_train.jsonl")[:n_shots]
         decoder = Decoder(tokenizer, task, MAX_NEW_TOKENS[task])
         zero = [prompt_ids(tokenizer, prompt_messages(row)) for row in rows]
         few = [prompt_ids(tokenizer, prompt_messages(row, shots)) for row in rows]
@@ -340,8 +346,9 @@ def main() -> int:
             model.set_adapter(task)
             return torch_generate(model, zero, decoder, batch_size=BATCH, progress=progress)
 
-        runs = [("base", base_run(zero)), (f"base {SHOTS}-shot", base_run(few)), ("adapter torch", adapter_run),
+        runs = [("base", base_run(zero)), (few_label, base_run(few)), ("adapter torch", adapter_run),
                 ("adapter deployed", lambda progress: deployed.generate(task, zero, decoder, progress))]
+        runs = [run for run in runs if n_shots > 0 or run[0] != few_label]
         for label, go in runs:
             progress = Progress(f"{task}, {label}", len(rows))
             answers[label] = [decoder.text(ids) for ids in go(progress)]
@@ -355,11 +362,12 @@ def main() -> int:
                            **{label: texts[i] for label, texts in answers.items()}} for i, row in enumerate(rows)]
                    for task, rows, answers, _, _ in results}, fh, indent=1, ensure_ascii=False)
     print()
-    print(f"| task | held-out | base | base {SHOTS}-shot | adapter, torch fp32 | adapter, deployed "
+    print(f"| task | held-out | base | {few_label} | adapter, torch fp32 | adapter, deployed "
           f"({deployed.label}) | tokens/s torch / deployed |")
     print("|---|---|---|---|---|---|---|")
     for task, rows, _, scores, speed in results:
-        print(f"| {task} | {len(rows)} | {scores['base']:.0%} | {scores[f'base {SHOTS}-shot']:.0%} | "
+        few = f"{scores[few_label]:.0%}" if few_label in scores else "-"
+        print(f"| {task} | {len(rows)} | {scores['base']:.0%} | {few} | "
               f"{scores['adapter torch']:.0%} | {scores['adapter deployed']:.0%} | "
               f"{speed['adapter torch']:.0f} / {speed['adapter deployed']:.0f} |")
     for task, rows, answers, _, _ in results:
