@@ -197,10 +197,10 @@ class Runner:
         try:
             previous = _reusable_steps(read_manifest(context.output_dir, move_aside=context.is_main_process,
                                                      stream=self.stream)) if self.use_cache else {}
+            self.host.hooks.run_started(context=context, steps=list(self.config.steps))
         except BaseException:
-            self._release()
+            self._release()  # no step ran: nothing for _finish to record, but the folder is free again
             raise
-        self.host.hooks.run_started(context=context, steps=list(self.config.steps))
         try:
             model = self.host.hooks.load_model(model=self.config.model, context=context)
             if model is None:
