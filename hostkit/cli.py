@@ -263,6 +263,8 @@ def cmd_passes(args: argparse.Namespace, host: PluginHost, stream: Any) -> int:
         kind = " (exporter)" if spec.kind == "exporter" else ""
         plugin = spec.plugin.distribution if spec.plugin else "?"
         print(f"{spec.name.ljust(width)}  {spec.summary}{kind}  [{plugin}, {spec.requires.hardware}]")
+        if spec.requires.notes:
+            print(f"{' ' * width}  note: {spec.requires.notes}")
     return EXIT_OK
 
 

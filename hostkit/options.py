@@ -61,7 +61,7 @@ def non_negative(_instance: Any, attribute: Any, value: Any) -> None:
 
 
 def in_range(low: float, high: float) -> Callable[[Any, Any, Any], None]:
-    """Validator: ``low <= value <= high`` (``None`` passes)."""
+    """Validator: ``low <= value <= high``, both bounds inclusive (``None`` passes)."""
 
     def check(_instance: Any, attribute: Any, value: Any) -> None:
         if value is not None and not (low <= value <= high):

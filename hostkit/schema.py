@@ -46,6 +46,10 @@ def toml_template(spec: Any) -> str:
     lines = [f"# {spec.name}: {spec.summary}"]
     if spec.plugin:
         lines.append(f"# plugin: {spec.plugin.describe()}; runs on: {spec.requires.hardware}")
+    if spec.requires.notes:
+        lines.append(f"# note: {spec.requires.notes}")
+    if spec.input_requires:
+        lines.append(f"# its input must have: {', '.join(spec.input_requires)}")
     lines += ["[[passes]]", f"type = {json.dumps(spec.name)}"]
     return _fields(spec.config_cls, lines)
 
