@@ -3,7 +3,8 @@
 * every hookspec in ``hostkit/hookspecs.py`` has a heading in
   ``docs/writing-plugins.md`` and a test under ``tests/`` that names it;
 * every name ``import hostkit`` exports is described in the guide;
-* every example the guide marks ``<!-- runnable -->`` runs;
+* every example the guide marks ``<!-- runnable -->`` runs, and the worked
+  example marked ``<!-- runnable id=scale-adapter -->`` runs as a test of its own;
 * every plugin folder ``peft_plugins/*/`` has a README whose option table for
   each pass type it registers is exactly what its attrs config class generates
   (fix with ``python tools/update_readme_tables.py``).
@@ -33,6 +34,13 @@ PLUGIN_FOLDERS = sorted(p for p in (ROOT / "peft_plugins").glob("*/") if (p / "p
 HOOKS = sorted(name for name, obj in vars(hookspecs).items()
                if name.startswith("hostkit_") and callable(obj) and hasattr(obj, "hostkit_spec"))
 RUNNABLE = re.compile(r"<!-- runnable -->\s*\n```python\n(.*?)\n```", re.S)
+
+
+def runnable_block(guide: str, block_id: str) -> str:
+    """The code of the guide's ``<!-- runnable id=BLOCK_ID -->`` example."""
+    found = re.findall(rf"<!-- runnable id={re.escape(block_id)} -->\s*\n```python\n(.*?)\n```", guide, re.S)
+    assert len(found) == 1, f"docs/writing-plugins.md has {len(found)} examples marked runnable id={block_id}"
+    return found[0]
 
 
 def _guide() -> str:
@@ -98,6 +106,22 @@ def test_guide_example_runs(code, tmp_path):
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
     imported = [m for m in ("torch", "transformers") if f"import {m}" in code]
     assert not imported, "the hook examples must stay torch-free (fast, and runnable anywhere)"
+
+
+@pytest.mark.slow
+def test_adapter_worked_example_runs(tmp_path):
+    """The guide's adapter-in / adapter-out example (ScaleAdapter): its own asserts compare the output
+    adapter's logits with peft's (the input adapter, scaling halved) and show the validate error."""
+    code = runnable_block(_guide(), "scale-adapter")
+    script = tmp_path / "scale_adapter.py"
+    script.write_text(code)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOSTKIT_")}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    assert "'adapter_config.json', 'adapter_model.safetensors'" in done.stdout
+    assert "needs an input with adapter_path set, but [model] has no adapter_path" in done.stdout
 
 
 @pytest.mark.parametrize("folder", PLUGIN_FOLDERS, ids=[p.name for p in PLUGIN_FOLDERS])
