@@ -80,11 +80,16 @@ class PassConformance:
             return PluginHost.discover(env={})
         return PluginHost.discover(env={"HOSTKIT_LOAD_PLUGINS": ",".join((self.plugin_name, *self.load_only))})
 
-    def _fill(self, text: str, request: pytest.FixtureRequest) -> str:
-        """The run file with its placeholders replaced; each fixture is built only when its placeholder is used."""
+    def _fill(self, text: str, tiny_llama: Path, tmp_path: Path) -> str:
+        """The run file with its placeholders replaced; each input is built only when its placeholder is used
+        (the adapter beside the session's tiny model, once per session, as the ``tiny_lora`` fixture does)."""
+        from hostkit.testing import tiny_jsonl_file, tiny_lora_dir
+
+        inputs = {"tiny_llama": lambda: tiny_llama, "tiny_lora": lambda: tiny_lora_dir(tiny_llama.parent, tiny_llama),
+                  "tiny_jsonl": lambda: tiny_jsonl_file(tmp_path / "inputs")}
         for name in PLACEHOLDERS:
             if "{" + name + "}" in text:
-                text = text.replace("{" + name + "}", str(request.getfixturevalue(name)))
+                text = text.replace("{" + name + "}", str(inputs[name]()))
         return text
 
     def _spec(self) -> Any:
@@ -153,14 +158,14 @@ class PassConformance:
             text = str(info.value)
             assert f"passes[0] ({self.pass_type}).{key}" in text or f"passes[0] ({self.pass_type}): " in text, text
 
-    def test_runs_on_tiny_model(self, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    def test_runs_on_tiny_model(self, tiny_llama: Path, tmp_path: Path) -> None:
         if self.run_file is None:
             pytest.skip("no run_file given")
         from hostkit import handles
         from hostkit.testing.runs import run_toml
 
         host = self._host()
-        text = self._fill(textwrap.dedent(self.run_file), request)
+        text = self._fill(textwrap.dedent(self.run_file), tiny_llama, tmp_path)
         result = run_toml(text, tmp_path, host=host)
         assert result.exit_code == 0, result.output
         manifest = result.manifest
