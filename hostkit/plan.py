@@ -257,7 +257,9 @@ def _plan_step(index: int, table: dict[str, Any], host: PluginHost, base: Path, 
             flow.unknown(step_name)
             return None, resolved
     config = resolve_paths(config, base)
-    found.config += _step_problems(where, spec, config, data_names, check_context)
+    planned = attrs.evolve(check_context, input_type=input_type,
+                           input_fields=None if input_facts is None else {k: v[0] for k, v in input_facts.items()})
+    found.config += _step_problems(where, spec, config, data_names, planned)
     if input_type is not None and spec.input_types and input_type not in spec.input_types:
         source = step_input or (f"passes[{index - 1}]" if index else "[model]")
         found.config.append(f"{where}: takes {' or '.join(spec.input_types)}, but {source} gives {input_type}")

@@ -79,6 +79,10 @@ class CheckContext:
     run_file: Path
     data: dict[str, Any]  # name -> a DataTable subclass instance
     model: Any
+    #: the step's planned input: its model type, and what the plan knows of its fields (field -> set?),
+    #: from [model] and the ``output_sets`` / ``output_clears`` of the steps before; None: unknown
+    input_type: str | None = None
+    input_fields: dict[str, bool] | None = None
 
 
 def read_toml(path: Path) -> dict[str, Any]:

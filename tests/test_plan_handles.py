@@ -96,3 +96,33 @@ def test_facts_follow_named_inputs_and_undeclared_passes_are_not_blamed(host, ru
     result = run_toml(_run_file(tiny_llama, tiny_jsonl, MERGE + makes + NEEDS + NEEDS, adapter=tiny_lora), host=host,
                       command="validate")
     assert result.exit_code == 0, result.output
+
+
+SEEN_BY_CHECK = []
+
+
+def _check(config, check_context):
+    SEEN_BY_CHECK.append((check_context.input_type, check_context.input_fields))
+    if check_context.input_fields is not None and check_context.input_fields.get("adapter_path"):
+        return ["factor: the input already has an adapter"]
+    return []
+
+
+@hookimpl(specname="hostkit_register")
+def _register_checked(register):
+    register.pass_type(PassSpec(name="Checked", config_cls=NeedsAdapterConfig, summary="checks its planned input",
+                                run="no_such_module:run", check=_check))
+
+
+def test_check_sees_the_planned_input(host, run_toml, tiny_llama, tiny_jsonl, tiny_lora):
+    SEEN_BY_CHECK.clear()
+    checked = '[[passes]]\ntype = "Checked"\n'
+    # [model] has an adapter; after the merge the input has none; after LoRA (no declarations) nothing is known
+    result = run_toml(_run_file(tiny_llama, tiny_jsonl, checked + MERGE + checked + LORA + checked, adapter=tiny_lora),
+                      host=host, command="validate")
+    assert result.exit_code == 2
+    assert [(t, f and f["adapter_path"]) for t, f in SEEN_BY_CHECK] == [("HfModel", True), ("HfModel", False),
+                                                                       ("HfModel", None)]
+    assert SEEN_BY_CHECK[0][1]["path"] is True and SEEN_BY_CHECK[0][1]["quantization"] is False
+    problems = [line for line in result.output.splitlines() if "(Checked)" in line]
+    assert len(problems) == 1 and "passes[0] (Checked).factor: the input already has an adapter" in problems[0]
