@@ -86,3 +86,8 @@ def test_sigterm_is_treated_like_ctrl_c(workdir):
     assert manifest["status"] == "interrupted", manifest
     assert [s["status"] for s in manifest["steps"]] == ["ok", "interrupted"]
     assert (out / "01-echo" / "echo.txt").read_text() == "quick\n"
+    # the lock went with it (no stale-lock takeover), and the next run keeps the finished step
+    (workdir / "run.toml").write_text(echo_run(passes=passes.replace("repeat = 40", "repeat = 1")))
+    code, output = cli(["run", "run.toml"], workdir)
+    assert code == 0 and "stale" not in output, output
+    assert "unchanged, skipped" in output and json.loads((out / "manifest.json").read_text())["status"] == "ok"
