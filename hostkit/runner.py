@@ -37,7 +37,7 @@ from hostkit import __version__, handles
 from hostkit.converter import converter
 from hostkit.devcode import source_fingerprint
 from hostkit.errors import HostkitError, PassError
-from hostkit.fsutil import atomic_write_json, changed_files, content_hash, file_digests, fingerprint, stable_hash
+from hostkit.fsutil import atomic_write_json, changed_files, file_digests, fingerprint, stable_hash
 from hostkit.hardware import distributed_rank
 from hostkit.options import is_data_field
 from hostkit.outdir import OutputLock, lock_output, read_manifest
@@ -390,8 +390,7 @@ class Runner:
         record.resumed = context.resuming
         record.output = _handle_json(output)
         if run.is_main_process:
-            record.content_hash = content_hash(final)
-            record.files = file_digests(final)
+            record.content_hash, record.files = file_digests(final)
         return output
 
     # -- cache keys -------------------------------------------------------------

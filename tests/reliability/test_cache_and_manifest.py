@@ -67,3 +67,17 @@ def test_a_bad_manifest_is_moved_aside_with_one_warning(workdir, content):
     assert aside[0].name in warnings[0], output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "ok" and [s["status"] for s in manifest["steps"]] == ["ok", "ok"]
+
+
+def test_the_manifest_records_each_file_with_its_size_and_hash(workdir):
+    """What the cache checks: ``steps[i].files`` (size, sha256), from the same read as the step's content hash."""
+    import hashlib
+
+    from hostkit.fsutil import content_hash
+
+    (workdir / "run.toml").write_text(TWO_STEPS)
+    assert cli(["run", "run.toml"], workdir)[0] == 0
+    step = json.loads((workdir / "out" / "manifest.json").read_text())["steps"][0]
+    data = b"one\n"
+    assert step["files"] == {"echo.txt": [len(data), "sha256:" + hashlib.sha256(data).hexdigest()]}
+    assert step["content_hash"] == content_hash(workdir / "out" / "01-echo")
