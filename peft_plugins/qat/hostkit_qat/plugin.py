@@ -14,7 +14,7 @@ import attrs
 
 from hostkit import PassSpec, PyTorchModel, Requirements, hookimpl
 from hostkit_qat.config import QuantizationAwareTrainingConfig
-from hostkit_qat.data import TENSOR_TYPES, TensorData, data_type_specs
+from hostkit_qat.data import TensorData, data_type_specs
 
 PASS_TYPE = "QuantizationAwareTraining"
 LIGHTNING_INSTALL = "pip install 'hostkit-qat[lightning]'"
