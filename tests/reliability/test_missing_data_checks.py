@@ -10,8 +10,6 @@ import pytest
 from reliability.support import TOY_BASE, assert_user_error, cli, peft_config, write_peft_folder
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12.9: a PEFT config without r / lora_alpha converts 'fitting' with "
-                                       "peft's default alpha (B scaled x1 instead of x2)")
 @pytest.mark.parametrize("config, missing", [
     ({}, "lora_alpha"),
     ({k: v for k, v in peft_config(r=8).items() if k != "lora_alpha"}, "lora_alpha"),

@@ -46,9 +46,18 @@ def read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ContractError(f"{adapter_dir}: no adapter_config.json (is it a PEFT adapter folder?)")
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except ValueError as exc:
         raise ContractError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise ContractError(f"{path}: expected a JSON object (a PEFT adapter config), got {type(config).__name__}")
+    problems = [f"{key} is missing" if key not in config else f"{key} must be a positive number, got {json.dumps(config[key])}"
+                for key in ("r", "lora_alpha")
+                if key not in config or isinstance(config[key], bool) or not isinstance(config[key], (int, float))
+                or not config[key] > 0]
+    if problems and str(config.get("peft_type", "LORA")).upper() in ("LORA", "PEFTTYPE.LORA"):
+        raise ContractError(f"{path}: {'; '.join(problems)} (the scaling lora_alpha / r is folded into B)")
+    return config
 
 
 def read_adapter_tensors(adapter_dir: Path) -> dict[str, np.ndarray]:
@@ -61,11 +70,14 @@ def read_adapter_tensors(adapter_dir: Path) -> dict[str, np.ndarray]:
         try:
             with safe_open(str(safetensors_file), framework="numpy") as fh:
                 return {k: fh.get_tensor(k).astype(np.float32) for k in fh.keys()}
-        except (TypeError, ValueError):  # bfloat16 has no numpy dtype
-            import torch
-            from safetensors.torch import load_file
+        except (TypeError, ValueError):  # bfloat16 has no numpy dtype: torch reads it below
+            pass
+        except Exception as exc:  # noqa: BLE001 - SafetensorError: a truncated or corrupt file is the user's
+            raise ContractError(f"{safetensors_file}: cannot read as safetensors: {exc}") from None
+        import torch
+        from safetensors.torch import load_file
 
-            return {k: v.to(torch.float32).numpy() for k, v in load_file(str(safetensors_file)).items()}
+        return {k: v.to(torch.float32).numpy() for k, v in load_file(str(safetensors_file)).items()}
     if bin_file.is_file():
         import torch
 

@@ -154,4 +154,8 @@ def load_weights(path: str | Path) -> AdapterFile:
         model_version = adapter.get_model_version()
         sidecar = sidecar_of(path)
         metadata = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        where = sidecar_of(path) if fmt == "onnx_adapter" else f"{path} ({NPZ_METADATA if fmt == 'numpy' else '__metadata__'})"
+        raise WeightsFileError(f"{where}: adapter metadata must be a JSON object of strings, got "
+                               f"{type(metadata).__name__} {json.dumps(metadata)[:40]}")
     return AdapterFile(path=path, format=fmt, weights=weights, metadata=metadata, model_version=model_version)
