@@ -126,3 +126,13 @@ def test_check_sees_the_planned_input(host, run_toml, tiny_llama, tiny_jsonl, ti
     assert SEEN_BY_CHECK[0][1]["path"] is True and SEEN_BY_CHECK[0][1]["quantization"] is False
     problems = [line for line in result.output.splitlines() if "(Checked)" in line]
     assert len(problems) == 1 and "passes[0] (Checked).factor: the input already has an adapter" in problems[0]
+
+
+def test_lora_after_a_merge_is_not_blamed_for_the_model_tables_adapter(host, run_toml, tiny_llama, tiny_jsonl,
+                                                                        tiny_lora):
+    # LoRA's check reads the planned input: [model] has an adapter, the merged model given to LoRA has none
+    result = run_toml(_run_file(tiny_llama, tiny_jsonl, MERGE + LORA, adapter=tiny_lora), host=host, command="validate")
+    assert result.exit_code == 0, result.output
+    result = run_toml(_run_file(tiny_llama, tiny_jsonl, LORA, adapter=tiny_lora), host=host, command="validate")
+    assert result.exit_code == 2
+    assert "passes[0] (LoRA).model.adapter_path: the input model already has an adapter" in result.output

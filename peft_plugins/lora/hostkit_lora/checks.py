@@ -23,7 +23,12 @@ def check_lora(config: Any, context: Any, pass_name: str = "LoRA") -> list[str]:
                         "visible; use float32 (the CPU default) or bfloat16")
     model = getattr(context, "model", None)
     task = getattr(model, "task", "text-generation")
-    if model is not None and getattr(model, "adapter_path", None):
+    # the step's planned input (after MergeAdapterWeights it has no adapter, whatever [model] says); None:
+    # unknown after a pass that declares nothing (the pass checks at run time); absent: an older host
+    fields = getattr(context, "input_fields", "absent")
+    has_adapter = (bool(getattr(model, "adapter_path", None)) if fields == "absent"
+                   else bool(fields and fields.get("adapter_path")))
+    if model is not None and has_adapter:
         problems.append(f"model.adapter_path: the input model already has an adapter; {pass_name} "
                         "trains a new one on the base (merge the adapter first with MergeAdapterWeights)")
     for option in ("train_data_config", "eval_data_config"):
