@@ -58,8 +58,6 @@ def test_the_scan_finds_what_it_looks_for(tmp_path):
     assert [line.split(": ", 1)[0] for line in loads_without_trust_remote_code(sample)] == ["sample.py:2"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12.3: hostkit infer loads the tokenizer with from_pretrained "
-                                       "without trust_remote_code (hostkit_extract_adapters/infer.py)")
 def test_every_from_pretrained_passes_trust_remote_code():
     missing = [hit for path in _sources() for hit in loads_without_trust_remote_code(path)]
     assert not missing, "from_pretrained without trust_remote_code:\n" + "\n".join(missing)

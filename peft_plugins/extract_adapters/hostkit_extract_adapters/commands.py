@@ -115,6 +115,11 @@ def configure_infer(parser: argparse.ArgumentParser) -> None:
                                                        "model's folder)")
     parser.add_argument("--allow-partial", action="store_true",
                         help="accept adapters that cover only some of the model's adapter weights")
+    parser.add_argument("--strict", action="store_true",
+                        help="a check that cannot be made (e.g. a base model named without a digest) is an error, "
+                             "not a warning")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="plain onnxruntime models: let transformers run the tokenizer folder's own code")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--traceback", action="store_true",
                         help="when onnxruntime fails, show its full trace above the error line")
@@ -198,9 +203,10 @@ def run_infer(args: argparse.Namespace) -> int:
     if genai and args.tokenizer is not None:
         raise ConfigError(f"--tokenizer: {args.model} is an onnxruntime-genai model, which uses the tokenizer "
                           "files of its folder")
-    options: dict[str, Any] = {"allow_partial": args.allow_partial, "threads": args.threads}
+    options: dict[str, Any] = {"allow_partial": args.allow_partial, "threads": args.threads, "strict": args.strict}
     if not genai:
         options["tokenizer"] = args.tokenizer
+        options["trust_remote_code"] = args.trust_remote_code
     try:
         session = open_session(args.model, **options)
     except (FileNotFoundError, AdapterMismatch) as exc:
@@ -215,6 +221,8 @@ def run_infer(args: argparse.Namespace) -> int:
             problems.append(f"{name}: {exc}")
     if problems:
         raise ConfigError(problems, source=f"adapters do not fit {args.model}")
+    for line in session.unverified:  # a check that could not be made is said, never passed silently
+        print(f"WARNING: {line} (--strict makes this an error)", file=sys.stderr)
     if args.use:
         uses = args.use * len(args.prompt) if len(args.use) == 1 else args.use
         requests = list(zip(args.prompt, uses))

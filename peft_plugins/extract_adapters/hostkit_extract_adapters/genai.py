@@ -106,7 +106,8 @@ class GenaiSession:
     ``allow_partial``: accept adapters that cover only some of the model's adapter weights.
     """
 
-    def __init__(self, model: str | os.PathLike, *, threads: int | None = None, allow_partial: bool = False):
+    def __init__(self, model: str | os.PathLike, *, threads: int | None = None, allow_partial: bool = False,
+                 strict: bool = False):
         og = import_genai()
         self._og = og
         folder = genai_folder(model)
@@ -117,6 +118,9 @@ class GenaiSession:
         self.model_path = folder / config_data["model"]["decoder"]["filename"]
         self.context_length = int(config_data["model"].get("context_length") or 0) or None
         self.allow_partial = allow_partial
+        #: checks that could not be made are errors (else lines in ``unverified``)
+        self.strict = strict
+        self.unverified: list[str] = []
         self.signature = model_signature(self.model_path)
         self.adapters: dict[str, GenaiAdapter] = {}
         self._tmp = tempfile.TemporaryDirectory(prefix="hostkit-genai-")
@@ -167,7 +171,8 @@ class GenaiSession:
                 file_path = path if loaded.format == "onnx_adapter" else None
         # fit maps contract names (a PEFT folder converted on the fly) onto the builder's, and checks
         # names, shapes, dtype and the base model: genai itself checks none of them
-        arrays = self.signature.fit(weights, meta, allow_partial=partial, adapter=label, model_version=model_version)
+        arrays = self.signature.fit(weights, meta, allow_partial=partial, adapter=label, model_version=model_version,
+                                     strict=self.strict, unverified=self.unverified)
         unchanged = set(arrays) == set(weights) and all(arrays[n] is weights[n] for n in arrays)
         if file_path is None or not unchanged:  # genai loads files only: write the fitted weights
             file_path = Path(self._tmp.name) / f"{len(self.adapters)}-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}"

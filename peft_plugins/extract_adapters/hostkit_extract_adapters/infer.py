@@ -115,7 +115,8 @@ class AdapterSession:
     """
 
     def __init__(self, model_path: str | os.PathLike, *, tokenizer: Any = None, providers: Sequence[str] | None = None,
-                 session_options: Any = None, allow_partial: bool = False):
+                 session_options: Any = None, allow_partial: bool = False, strict: bool = False,
+                 trust_remote_code: bool = False):
         import onnxruntime as ort
 
         self._ort = ort
@@ -125,6 +126,10 @@ class AdapterSession:
         self.providers = list(providers or ["CPUExecutionProvider"])
         self._session_options = session_options
         self.allow_partial = allow_partial
+        #: checks that could not be made are errors (else lines in ``unverified``)
+        self.strict = strict
+        self.unverified: list[str] = []
+        self.trust_remote_code = trust_remote_code
         self._tokenizer = tokenizer
         self.adapters: dict[str, LoadedAdapter] = {}
         self._sessions: dict[tuple[str, ...], Any] = {}
@@ -224,7 +229,8 @@ class AdapterSession:
                 loaded = load_weights(path)
                 weights, meta, model_version, fmt = loaded.weights, loaded.metadata, loaded.model_version, loaded.format
                 file_path = path
-        arrays = self.signature.fit(weights, meta, allow_partial=partial, adapter=label, model_version=model_version)
+        arrays = self.signature.fit(weights, meta, allow_partial=partial, adapter=label, model_version=model_version,
+                                     strict=self.strict, unverified=self.unverified)
         adapter = LoadedAdapter(name=name, source=str(source) if not isinstance(source, Mapping) else "<arrays>",
                                 arrays=arrays, metadata=dict(meta))
         if self.signature.mode == "inputs":
@@ -311,7 +317,7 @@ class AdapterSession:
 
             where = self._tokenizer or self.model_path.parent
             try:
-                self._tokenizer = AutoTokenizer.from_pretrained(str(where))
+                self._tokenizer = AutoTokenizer.from_pretrained(str(where), trust_remote_code=self.trust_remote_code)
             except (OSError, ValueError) as exc:
                 raise FileNotFoundError(f"no tokenizer in {where} (pass tokenizer=...): {exc}") from None
         return self._tokenizer

@@ -168,8 +168,8 @@ class ModelSignature:
     # -- checking --------------------------------------------------------------
 
     def fit(self, weights: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None, *,
-            allow_partial: bool = False, adapter: str = "adapter", model_version: int | None = None
-            ) -> dict[str, np.ndarray]:
+            allow_partial: bool = False, adapter: str = "adapter", model_version: int | None = None,
+            strict: bool = False, unverified: list[str] | None = None) -> dict[str, np.ndarray]:
         """Arrays keyed by slot name that feed this model, or :class:`AdapterMismatch`.
 
         Accepts weights named by slot (packed or not) or, for a packed model,
@@ -178,10 +178,18 @@ class ModelSignature:
         slot is zero-padded (exact); a missing module is an error unless
         ``allow_partial`` (then it is fed "no adapter"). Slots the adapter does
         not cover are absent from the result; see :meth:`complete`.
+
+        A check that cannot be made (the adapter names a base model the model's identity cannot
+        be compared with) is a problem under ``strict``, else a line appended to ``unverified``.
         """
         metadata = dict(metadata or {})
         problems: list[Any] = []  # str, or (weight name, reason) grouped at the end
-        self._check_base(metadata, model_version, problems)
+        unchecked: list[str] = []
+        self._check_base(metadata, model_version, problems, unchecked)
+        if strict:
+            problems += [f"{line} (--strict)" for line in unchecked]
+        elif unverified is not None:
+            unverified += [f"{adapter}: {line}" for line in unchecked]
         weights, mapping_problems = self.in_model_dialect(weights)
         problems += mapping_problems
 
@@ -270,13 +278,17 @@ class ModelSignature:
                 out[slot.name] = slot.empty()
         return out
 
-    def _check_base(self, metadata: Mapping[str, str], model_version: int | None, problems: list[str]) -> None:
+    def _check_base(self, metadata: Mapping[str, str], model_version: int | None, problems: list[str],
+                    unchecked: list[str]) -> None:
         theirs = metadata.get(META_BASE_MODEL)
         # a digest against a bare name (a hub id, a folder that was not at hand) cannot be compared
         comparable = theirs and self.base_model and ("@sha256:" in theirs) == ("@sha256:" in self.base_model)
         if comparable and not same_base_model(theirs, self.base_model):
             problems.append(f"base model: the adapter was made for {theirs}, the model was extracted from "
                             f"{self.base_model}")
+        elif theirs and self.base_model and not comparable and theirs != self.base_model:
+            unchecked.append(f"base model not verified: the adapter names {theirs}, the model was extracted from "
+                             f"{self.base_model}, and only one of them carries a content digest")
         elif not theirs and model_version and self.base_model:
             from hostkit_extract_adapters.weights import base_model_digest
 
