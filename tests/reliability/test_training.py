@@ -38,8 +38,6 @@ def _killed_after(workdir: Path, text: str, checkpoints: int) -> list[Path]:
     return _complete_checkpoints(out)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12.5: a truncated trainer_state.json in the newest checkpoint makes "
-                                       "every re-run fail with a JSONDecodeError traceback")
 def test_a_half_written_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, tiny_llama, count_data, run_toml):
     text = lora_run(tiny_llama, count_data, max_steps=10, save_steps=2)
     found = _killed_after(tmp_path, text, checkpoints=2)
@@ -59,8 +57,6 @@ def test_a_half_written_newest_checkpoint_falls_back_to_the_previous_one(tmp_pat
     assert (tmp_path / "out" / "01-lora" / "adapter" / "adapter_model.safetensors").is_file()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12.10: after a resume the manifest's loss curve (and loss.png) starts "
-                                       "at the resume point instead of merging the checkpoint's log history")
 def test_the_loss_curve_after_a_resume_covers_the_whole_training(tmp_path, tiny_llama, count_data, run_toml):
     text = lora_run(tiny_llama, count_data, max_steps=8, save_steps=2)
     _killed_after(tmp_path, text, checkpoints=1)
@@ -75,8 +71,6 @@ def test_the_loss_curve_after_a_resume_covers_the_whole_training(tmp_path, tiny_
     assert (tmp_path / "out" / "01-lora" / "loss.png").is_file()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12.2: a training step whose loss becomes NaN/inf runs on to exit 0 "
-                                       "and writes an all-NaN adapter")
 def test_a_loss_that_becomes_nan_stops_the_step_naming_the_training_step(tmp_path, tiny_llama, count_data, run_toml):
     # a finite config that diverges: Adam's first update is ~lr, so every adapted linear layer (lm_head too)
     # jumps to ~1e30 and the activations overflow; the Trainer then logs the NaN loss as 0.0 (its nan filter)

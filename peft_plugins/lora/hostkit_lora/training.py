@@ -60,6 +60,8 @@ Under ``torchrun`` every rank runs this; the Trainer wraps the model in DDP
 from __future__ import annotations
 
 import gc
+import json
+import math
 import os
 import shutil
 import warnings
@@ -97,8 +99,27 @@ class LossCurve(TrainerCallback):
         self.train: list[tuple[int, float]] = []
         self.eval: list[tuple[int, float]] = []
 
+    def resumed_from(self, checkpoint: str) -> None:
+        """Report the curve up to ``checkpoint`` from its ``trainer_state.json`` log history, so the curve
+        (and loss.png) covers the whole training, not only the part after the resume."""
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+        for entry in state.get("log_history", []):
+            for key, curve in (("loss", self.train), ("eval_loss", self.eval)):
+                if key in entry and "step" in entry:
+                    curve.append((int(entry["step"]), float(entry[key])))
+                    self.context.report_metric("train_loss" if key == "loss" else key, float(entry[key]),
+                                               step=int(entry["step"]))
+
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
-        if not logs or not state.is_world_process_zero:
+        if not logs:
+            return
+        loss = logs.get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            # a diverged run: stop here, write no adapter (every rank raises, the host names the step)
+            raise PassError(f"the training loss became {float(loss)} at training step {state.global_step} "
+                            f"(learning_rate {logs.get('learning_rate', args.learning_rate)}); no adapter written: "
+                            "lower learning_rate, or set max_grad_norm")
+        if not state.is_world_process_zero:
             return
         if "loss" in logs:
             self.train.append((state.global_step, float(logs["loss"])))
@@ -311,7 +332,8 @@ class LoraTraining:
             return str(path) if path.exists() else str(user["resume_from_checkpoint"])
         if not self.context.resuming or user.get("overwrite_output_dir") or not Path(output_dir).is_dir():
             return None
-        return last_complete_checkpoint(Path(output_dir))
+        return last_complete_checkpoint(Path(output_dir), say=lambda line: print(f"    warning: {line}",
+                                                                                 file=self.context.run.stream))
 
     def run(self) -> HfModel:
         with warnings.catch_warnings():
@@ -366,6 +388,7 @@ class LoraTraining:
         resume = self._checkpoint_to_resume(training_args.output_dir)
         if resume:
             context.note(resumed_from=os.path.relpath(resume, context.output_dir))
+            curve.resumed_from(resume)
         result = trainer.train(resume_from_checkpoint=resume)
         context.report_metric("train_runtime_s", round(float(result.metrics.get("train_runtime", 0.0)), 3))
         context.report_metric("train_steps", int(result.global_step))
@@ -403,14 +426,48 @@ class LoraTraining:
         return handle
 
 
-def last_complete_checkpoint(folder: Path) -> str | None:
-    """The newest ``checkpoint-N`` the Trainer finished writing (a kill can leave the newest one half written)."""
-    found = []
-    for path in folder.glob("checkpoint-*"):
-        suffix = path.name.rsplit("-", 1)[-1]
-        if suffix.isdigit() and (path / "trainer_state.json").exists():
-            found.append((int(suffix), path))
-    return str(max(found)[1]) if found else None
+def checkpoint_problem(path: Path) -> str | None:
+    """Why ``checkpoint-N`` cannot be resumed from (a kill during a save leaves it half written), or None."""
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+    except FileNotFoundError:
+        return "no trainer_state.json"
+    except (OSError, ValueError) as exc:
+        return f"trainer_state.json unreadable ({exc})"
+    if not isinstance(state, dict) or "global_step" not in state:
+        return "trainer_state.json has no global_step"
+    weights = [p for p in path.glob("adapter_model.*") if p.suffix in (".safetensors", ".bin")]
+    if not weights:
+        return "no adapter weights"
+    for file in weights:
+        if file.suffix == ".safetensors":
+            try:
+                from safetensors import safe_open
+
+                with safe_open(str(file), framework="pt"):
+                    pass
+            except Exception as exc:  # noqa: BLE001
+                return f"{file.name} unreadable ({exc})"
+    return None
+
+
+def last_complete_checkpoint(folder: Path, say: Any = None) -> str | None:
+    """The newest ``checkpoint-N`` that can be resumed from; newer broken ones are renamed ``broken-checkpoint-N``
+    (out of the Trainer's way) and reported through ``say``."""
+    found = sorted(((int(p.name.rsplit("-", 1)[1]), p) for p in folder.glob("checkpoint-*")
+                    if p.name.rsplit("-", 1)[1].isdigit()), reverse=True)
+    skipped = []
+    for _, path in found:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            if skipped and say is not None:
+                say(f"{', '.join(f'{p.name} ({why})' for p, why in skipped)}: incomplete; resuming from {path.name}")
+            return str(path)
+        skipped.append((path, problem))
+        path.rename(path.with_name(f"broken-{path.name}"))
+    if skipped and say is not None:
+        say(f"{', '.join(f'{p.name} ({why})' for p, why in skipped)}: incomplete; starting afresh")
+    return None
 
 
 def fixed_mmap_threshold(threshold: int = 128 * 1024) -> bool:

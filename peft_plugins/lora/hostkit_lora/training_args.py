@@ -32,7 +32,9 @@ OLIVE_DEFAULTS: dict[str, Any] = {
     "report_to": "none",
 }
 #: Ours: no tqdm bars (the host shows progress), safetensors checkpoints.
-HOST_DEFAULTS: dict[str, Any] = {"disable_tqdm": True}
+HOST_DEFAULTS: dict[str, Any] = {"disable_tqdm": True,
+                                 # a NaN/inf loss must reach the log (the Trainer would average it away, showing 0.0)
+                                 "logging_nan_inf_filter": False}
 #: Keys we accept besides TrainingArguments fields (Olive compatibility).
 OLIVE_ONLY_KEYS = {
     "overwrite_output_dir": "start training afresh instead of resuming from a checkpoint",
