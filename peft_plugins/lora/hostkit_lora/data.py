@@ -10,6 +10,8 @@ response template, packing); :func:`load_rows` reads the rows with ``datasets``
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from typing import Any
 
@@ -103,12 +105,44 @@ def load_rows(config: TextData, name: str) -> Any:
     return loaded
 
 
+def _json_rows(files: list[str]) -> list[dict[str, Any]] | None:
+    """The rows of JSON-lines files or JSON arrays of objects, read with ``json``, so strings stay strings
+    (datasets' Arrow JSON reader turns a date-looking string into a timestamp: "1989-10-06" would come
+    back as "1989-10-06 00:00:00"). None for any other JSON shape (datasets reads those)."""
+    rows: list[dict[str, Any]] = []
+    for file in files:
+        text = Path(file).read_text(encoding="utf-8")
+        stripped = text.lstrip()
+        if stripped.startswith("["):
+            data = json.loads(text)
+            if not all(isinstance(row, dict) for row in data):
+                return None
+            rows += data
+            continue
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except ValueError as exc:
+                    if number == 1 and stripped.startswith("{"):
+                        return None  # one JSON object over several lines: datasets' own shapes
+                    raise ValueError(f"{file}, line {number}: not valid JSON ({exc})") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{file}, line {number}: expected a JSON object, got {type(row).__name__}")
+                rows.append(row)
+    return rows
+
+
 def _load(config: TextData, where: str, datasets: Any) -> Any:
     if config.type in FILE_BUILDERS:
         path = Path(config.path or "")
         if not path.exists():
             raise PassError(f"{where}.path: {path} does not exist")
         files = sorted(str(p) for p in path.iterdir() if p.is_file()) if path.is_dir() else [str(path)]
+        if config.type in ("jsonl", "json"):
+            rows = _json_rows(files)
+            if rows is not None:
+                return datasets.Dataset.from_list(rows)
         return datasets.load_dataset(FILE_BUILDERS[config.type], data_files={"train": files}, split="train")
     if config.type == "hf-disk":
         loaded = datasets.load_from_disk(config.path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,17 @@ def test_gguf_conversion_lives_in_hostkit_lora(tmp_path, monkeypatch):
     handle = hostkit_load_model(HfModel(path=folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"), None)
     assert handle.gguf_file is None and (Path(handle.path) / "config.json").is_file()
     assert hostkit_load_model(HfModel(path=folder), None) is None  # nothing to convert: not ours
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "json"])
+def test_json_strings_stay_strings(tmp_path, tokenizer, kind):
+    """A date-looking string is text: datasets' JSON reader would turn "1989-10-06" into a timestamp
+    and a template would then render "1989-10-06 00:00:00"."""
+    from hostkit_lora.tokenization import texts_of
+
+    rows = [{"question": "when", "answer": "1989-10-06"}, {"question": "and", "answer": "2001-01-31"}]
+    path = tmp_path / f"dates.{kind}"
+    path.write_text("\n".join(json.dumps(r) for r in rows) if kind == "jsonl" else json.dumps(rows))
+    config = DataConfig(type=kind, path=str(path), text_template="{question}: {answer}", max_seq_len=16)
+    loaded = load_rows(config, "train")
+    assert sorted(texts_of(loaded, config, "train", tokenizer)) == ["and: 2001-01-31", "when: 1989-10-06"]
