@@ -41,7 +41,7 @@ import attrs
 import numpy as np
 
 from hostkit.errors import MissingRequirement
-from hostkit_extract_adapters.infer import InferenceError
+from hostkit_extract_adapters.infer import InferenceError, read_adapter_source
 from hostkit_extract_adapters.signature import AdapterMismatch, ModelSignature, read_signature
 
 GENAI_CONFIG = "genai_config.json"
@@ -143,7 +143,7 @@ class GenaiSession:
 
         Raises :class:`AdapterMismatch` listing every problem before genai sees the adapter.
         """
-        from hostkit_extract_adapters.weights import load_weights, save_weights
+        from hostkit_extract_adapters.weights import save_weights
 
         if name in self.adapters:
             raise ValueError(f"an adapter named {name!r} is already loaded (from {self.adapters[name].source})")
@@ -153,22 +153,9 @@ class GenaiSession:
             raise AdapterMismatch([f"{self.model_path} has no adapter inputs (run ExtractAdapters on the "
                                    "ModelBuilder output first)"], adapter=f"adapter {name!r}", model=str(self.folder))
         partial = self.allow_partial if allow_partial is None else allow_partial
-        file_path = model_version = None
-        if isinstance(source, Mapping):
-            weights, meta, label = dict(source), dict(metadata or {}), f"adapter {name!r}"
-        else:
-            path = Path(source)
-            label = f"adapter {name!r} ({path})"
-            if path.is_dir():
-                from hostkit_extract_adapters.convert import convert_peft_adapter
-
-                dtype = sorted({s.dtype for s in self.signature.slots.values()})[0]
-                converted = convert_peft_adapter(path, dtype=dtype if dtype in ("float32", "float16") else "float32")
-                weights, meta = converted.weights, converted.metadata
-            else:
-                loaded = load_weights(path)
-                weights, meta, model_version = loaded.weights, loaded.metadata, loaded.model_version
-                file_path = path if loaded.format == "onnx_adapter" else None
+        read = read_adapter_source(name, source, metadata, self.signature)
+        weights, meta, label, model_version = read.weights, read.metadata, read.label, read.model_version
+        file_path = read.path if read.format == "onnx_adapter" else None
         # fit maps contract names (a PEFT folder converted on the fly) onto the builder's, and checks
         # names, shapes, dtype and the base model: genai itself checks none of them
         arrays = self.signature.fit(weights, meta, allow_partial=partial, adapter=label, model_version=model_version,

@@ -103,6 +103,36 @@ class LoadedAdapter:
         return set(self.arrays)
 
 
+@attrs.frozen
+class AdapterSource:
+    """An adapter as given to a session: its weights and metadata, and the file it came from."""
+
+    weights: dict[str, Any]
+    metadata: dict[str, str]
+    label: str
+    model_version: int | None = None
+    format: str | None = None
+    path: Path | None = None  #: the adapter file (None for arrays or a PEFT folder)
+
+
+def read_adapter_source(name: str, source: Any, metadata: Mapping[str, str] | None, signature: Any) -> AdapterSource:
+    """Read ``source`` (arrays, a PEFT adapter folder converted on the fly, or an adapter file) for adapter ``name``."""
+    if isinstance(source, Mapping):
+        return AdapterSource(dict(source), dict(metadata or {}), f"adapter {name!r}")
+    path = Path(source)
+    label = f"adapter {name!r} ({path})"
+    if path.is_dir():
+        from hostkit_extract_adapters.convert import convert_peft_adapter
+
+        dtype = sorted({s.dtype for s in signature.slots.values()})[0]
+        converted = convert_peft_adapter(path, dtype=dtype if dtype in ("float32", "float16") else "float32")
+        return AdapterSource(converted.weights, converted.metadata, label)
+    from hostkit_extract_adapters.weights import load_weights
+
+    loaded = load_weights(path)
+    return AdapterSource(loaded.weights, loaded.metadata, label, loaded.model_version, loaded.format, path)
+
+
 class AdapterSession:
     """One ONNX model with many adapters; ``run``/``generate`` take the adapter to use per call.
 
@@ -209,26 +239,9 @@ class AdapterSession:
         if not name or name.casefold() == "none":
             raise ValueError(f"{name!r} cannot name an adapter")
         partial = self.allow_partial if allow_partial is None else allow_partial
-        file_path = None
-        model_version = None
-        fmt = None
-        if isinstance(source, Mapping):
-            weights, meta, label = dict(source), dict(metadata or {}), f"adapter {name!r}"
-        else:
-            path = Path(source)
-            label = f"adapter {name!r} ({path})"
-            if path.is_dir():
-                from hostkit_extract_adapters.convert import convert_peft_adapter
-
-                dtype = sorted({s.dtype for s in self.signature.slots.values()})[0]
-                converted = convert_peft_adapter(path, dtype=dtype if dtype in ("float32", "float16") else "float32")
-                weights, meta = converted.weights, converted.metadata
-            else:
-                from hostkit_extract_adapters.weights import load_weights
-
-                loaded = load_weights(path)
-                weights, meta, model_version, fmt = loaded.weights, loaded.metadata, loaded.model_version, loaded.format
-                file_path = path
+        read = read_adapter_source(name, source, metadata, self.signature)
+        weights, meta, label, model_version, fmt, file_path = (read.weights, read.metadata, read.label,
+                                                               read.model_version, read.format, read.path)
         arrays = self.signature.fit(weights, meta, allow_partial=partial, adapter=label, model_version=model_version,
                                      strict=self.strict, unverified=self.unverified)
         adapter = LoadedAdapter(name=name, source=str(source) if not isinstance(source, Mapping) else "<arrays>",
