@@ -217,6 +217,8 @@ class Runner:
                 self.host.hooks.step_finished(context=step_context, record=record)
         except BaseException as exc:  # noqa: BLE001 - reported, then re-raised
             error = exc
+            if isinstance(exc, KeyboardInterrupt) and records and records[-1].status == "pending":
+                records[-1].status = "interrupted"  # stopped while it was starting: still a step of this run
             raise
         finally:
             self._finish(context, records, error)
