@@ -128,3 +128,12 @@ def export_peft_llama(base_dir: Path, adapter_dir: Path, out_path: Path) -> Path
     entry.key, entry.value = "hostkit.base_model", base_model_identity(str(base_dir))
     onnx.save(proto, str(out_path))
     return out_path
+
+
+def own_and_second_adapters(base_dir: Path, root: Path) -> tuple[Path, Path]:
+    """The two PEFT adapters of the end-to-end cases, made separately: the "own" one (r=4, alpha 8) and a
+    "trained in a separate run" one (r=8, rsLoRA, per-module rank and alpha)."""
+    own = make_peft_adapter(base_dir, root / "adapter-own", seed=1, r=4, lora_alpha=8)
+    second = make_peft_adapter(base_dir, root / "adapter-second", seed=2, r=8, lora_alpha=16, use_rslora=True,
+                               rank_pattern={"layers.1.self_attn.v_proj": 2}, alpha_pattern={"q_proj": 4})
+    return own, second

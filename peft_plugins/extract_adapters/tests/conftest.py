@@ -10,7 +10,8 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from hostkit_extract_adapters.testing import export_peft_llama, make_peft_adapter, peft_greedy, peft_logits
+from hostkit_extract_adapters.testing import (export_peft_llama, make_peft_adapter, own_and_second_adapters,
+                                              peft_greedy, peft_logits)
 
 HIDDEN = 16
 LAYERS = 2
@@ -178,11 +179,7 @@ class LlamaCase:
     def __init__(self, root: Path, base_dir: Path):
         self.root = root
         self.base_dir = base_dir
-        self.own_dir = make_peft_adapter(base_dir, root / "adapter-own", seed=1, r=4, lora_alpha=8)
-        # "trained in a separate run": other rank, rsLoRA, per-module rank and alpha
-        self.second_dir = make_peft_adapter(base_dir, root / "adapter-second", seed=2, r=8, lora_alpha=16,
-                                            use_rslora=True, rank_pattern={"layers.1.self_attn.v_proj": 2},
-                                            alpha_pattern={"q_proj": 4})
+        self.own_dir, self.second_dir = own_and_second_adapters(base_dir, root)
         # a lower rank than the own adapter's: fits models whose rank is fixed (zero-padded)
         self.small_dir = make_peft_adapter(base_dir, root / "adapter-small", seed=3, r=2, lora_alpha=6,
                                            alpha_pattern={"v_proj": 3})

@@ -18,7 +18,7 @@ from hostkit import HfModel
 from hostkit_extract_adapters.extract import extract_adapters
 from hostkit_extract_adapters.genai import GenaiSession
 from hostkit_extract_adapters.signature import AdapterMismatch
-from hostkit_extract_adapters.testing import make_peft_adapter, peft_greedy
+from hostkit_extract_adapters.testing import make_peft_adapter, own_and_second_adapters, peft_greedy
 from hostkit_model_builder.build import build_model
 from hostkit_model_builder.config import ModelBuilderConfig
 
@@ -45,11 +45,7 @@ class GenaiCase:
     def __init__(self, root: Path, base_dir: Path):
         self.root = root
         self.base_dir = base_dir
-        self.own_dir = make_peft_adapter(base_dir, root / "adapter-own", seed=1, r=4, lora_alpha=8)
-        # "trained in a separate run": other rank, rsLoRA, per-module rank and alpha
-        self.second_dir = make_peft_adapter(base_dir, root / "adapter-second", seed=2, r=8, lora_alpha=16,
-                                            use_rslora=True, rank_pattern={"layers.1.self_attn.v_proj": 2},
-                                            alpha_pattern={"q_proj": 4})
+        self.own_dir, self.second_dir = own_and_second_adapters(base_dir, root)
         self.folder, self.own_file = build_genai_model(base_dir, self.own_dir, root / "genai-fp32")
         self._expected: dict[tuple, list[int]] = {}
 
