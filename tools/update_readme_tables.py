@@ -23,7 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def plugin_folders() -> list[str]:
-    return [str(p) for p in sorted((ROOT / "peft_plugins").glob("*/")) if (p / "pyproject.toml").is_file()]
+    """The plugin folders whose README has option tables (a library such as peft_plugins/adapters has none)."""
+    return [str(p) for p in sorted((ROOT / "peft_plugins").glob("*/"))
+            if (p / "pyproject.toml").is_file() and "<!-- options:" in _readme(p)]
+
+
+def _readme(folder: Path) -> str:
+    return (folder / "README.md").read_text() if (folder / "README.md").is_file() else ""
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def build_tokenizer(vocab_size: int = 512):
 
 def build_tiny_llama(path: str | Path, *, hidden_size: int = 64, layers: int = 2, heads: int = 4,
                      kv_heads: int = 2, intermediate_size: int = 128, vocab_size: int = 512,
-                     seed: int = 0) -> Path:
+                     seed: int = 0, tie_word_embeddings: bool = False) -> Path:
     """Save a random-weight Llama model (fp32 safetensors) and tokenizer in ``path``."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
@@ -66,7 +66,7 @@ def build_tiny_llama(path: str | Path, *, hidden_size: int = 64, layers: int = 2
         vocab_size=max(vocab_size, len(tokenizer)), hidden_size=hidden_size, intermediate_size=intermediate_size,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
         max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_word_embeddings,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)

@@ -73,6 +73,7 @@ def build_model(handle: Any, config: Any, output_dir: Path, context: Any = None)
         source, facts = _float_source(handle, config, work, context)
         adapter_path = handle.adapter_path if adapter_config is not None else None
         extra = _extra_options(config, adapter_path, _layers(source))
+        source_config = json.loads((source / "config.json").read_text())
         _progress(context, f"building the {config.precision} graph with onnxruntime-genai")
         start = time.perf_counter()
         log = io.StringIO()
@@ -112,6 +113,10 @@ def build_model(handle: Any, config: Any, output_dir: Path, context: Any = None)
             target_modules=sorted({n.split(".lora_")[0].rsplit(".", 1)[-1] for n in names})))
     write_metadata(path, metadata)
     _apply_search(output_dir / GENAI_CONFIG, config.search)
+    if extra.get("shared_embeddings") == "false" and "shared_embeddings" not in config.extra_options \
+            and _ties_embeddings(source_config):
+        facts["shared_embeddings"] = ("off: asymmetric int4 of a shared embedding gives a graph onnxruntime cannot "
+                                      "load; the embedding stays float, lm_head is int4")
     notes = {**facts, "precision": config.precision, "execution_provider": config.execution_provider,
              "build_s": build_s, "adapter_weights": len(names), "quantized_adapter": config.quantize_adapter,
              "size_bytes": sum(p.stat().st_size for p in output_dir.iterdir() if p.is_file())}
@@ -186,6 +191,10 @@ def _layers(source: Path) -> int:
     return int(text.get("num_hidden_layers") or 0)
 
 
+def _ties_embeddings(config: dict[str, Any]) -> bool:
+    return bool((config.get("text_config") or config).get("tie_word_embeddings", config.get("tie_word_embeddings")))
+
+
 def lora_matmul_nodes(layers: int) -> list[str]:
     """The builder's names of every LoRA MatMul node it can make (excluded from int4 quantization)."""
     modules = [("attn", p) for p in ("q_proj", "k_proj", "v_proj", "o_proj")] + \
@@ -204,6 +213,11 @@ def _extra_options(config: Any, adapter_path: str | None, layers: int) -> dict[s
         extra["is_symmetric"] = "true" if config.int4_is_symmetric else "false"
         if config.int4_accuracy_level is not None:
             extra["accuracy_level"] = str(config.int4_accuracy_level)
+        if not config.int4_is_symmetric and "shared_embeddings" not in extra:
+            # a tied model's shared asymmetric embedding (GatherBlockQuantized + uint4 zero points) gets a
+            # graph onnxruntime cannot load (genai 0.18: "Type (tensor(uint8)) of output arg
+            # (/model/embed_tokens/Reshape/output_0)"): keep the embedding a float Gather
+            extra["shared_embeddings"] = "false"
     if config.exclude_embeds:
         extra["exclude_embeds"] = "true"
     if config.exclude_lm_head:

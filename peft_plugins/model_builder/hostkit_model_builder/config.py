@@ -32,7 +32,8 @@ class ModelBuilderConfig:
     int4_accuracy_level: int | None = option(None, help="int4: MatMulNBits accuracy_level (1 fp32, 2 fp16, 3 bf16, "
                                                         "4 int8 activations); unset: the builder's default (4 on CPU)",
                                              validator=one_of(None, 1, 2, 3, 4))
-    int4_is_symmetric: bool = option(True, help="int4: symmetric quantization (no zero points)")
+    int4_is_symmetric: bool = option(True, help="int4: symmetric quantization (no zero points); false on a model with "
+                                      "tied embeddings keeps the embedding float (genai cannot load it asymmetric)")
     exclude_embeds: bool = option(False, help="leave the embedding layer out of the graph (inputs_embeds input)")
     exclude_lm_head: bool = option(False, help="leave the LM head out of the graph (hidden_states output)")
     quantize_adapter: bool = option(False, help="int4: quantize the LoRA MatMuls too (the builder's default); "

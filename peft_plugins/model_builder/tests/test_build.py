@@ -239,3 +239,23 @@ def test_builder_options_reach_the_graph(tiny_llama, tmp_path):
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     assert attrs["block_size"] == 16 and attrs["accuracy_level"] == 1
     assert len(node.input) >= 4 and node.input[3]  # asymmetric: a zero-point input
+
+
+
+def test_asymmetric_int4_of_a_tied_embedding_model_loads(tmp_path, prompt_ids, run_toml):
+    """onnxruntime-genai 0.18's builder gives a tied model's shared, asymmetric int4 embedding
+    (GatherBlockQuantized with uint4 zero points) a graph onnxruntime cannot load; the pass keeps
+    the embedding a float Gather and quantizes lm_head on its own, and says so in the notes."""
+    from hostkit.testing.tiny import build_tiny_llama
+
+    tied = build_tiny_llama(tmp_path / "tied", tie_word_embeddings=True)
+    result = run_toml(RUN.format(base=tied, adapter="", options="int4_is_symmetric = false\nint4_accuracy_level = 1"))
+    assert result.exit_code == 0, result.output
+    handle = result.final_model()
+    graph = _graph(handle.path).graph
+    head = next(n for n in graph.node if n.op_type == "MatMulNBits" and "lm_head" in n.name)
+    assert len(head.input) >= 4 and head.input[3]  # asymmetric: zero points
+    assert "GatherBlockQuantized" not in {n.op_type for n in graph.node}
+    assert "asymmetric" in result.manifest["steps"][-1]["notes"]["shared_embeddings"]
+    logits = GenaiModel(Path(handle.path).parent).prompt_logits(prompt_ids)
+    assert _relative(logits, _torch_logits(tied, None, prompt_ids)) < 0.1  # int4 weights: close to fp32
