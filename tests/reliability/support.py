@@ -102,28 +102,10 @@ WORDS = "one two three four five six seven eight nine ten".split()
 
 def lora_run(model: Path, data: Path, *, max_steps: int, save_steps: int = 500, extra_args: str = "",
              options: str = "") -> str:
-    return f'''
-[model]
-type = "HfModel"
-path = "{model}"
-[data.train]
-type = "jsonl"
-path = "{data}"
-max_seq_len = 24
-[[passes]]
-type = "LoRA"
-r = 4
-train_data_config = "train"
-{options}
-[passes.training_args]
-max_steps = {max_steps}
-save_steps = {save_steps}
-logging_steps = 1
-per_device_train_batch_size = 2
-{extra_args}
-[output]
-dir = "out"
-'''
+    from hostkit_lora.testing import lora_run as run
+
+    return run(model, data, max_steps=max_steps, save_steps=save_steps, options=options,
+               training_args="logging_steps = 1\n" + extra_args)
 
 
 # -- a toy ONNX model extracted by ExtractAdapters (for convert-adapters and infer) --------------

@@ -8,25 +8,7 @@ import sys
 import weakref
 from pathlib import Path
 
-
-
-def run_file(model: Path, data: Path, *, passes: str, data_tables: str | None = None) -> str:
-    data_tables = data_tables or f'''
-[data.train]
-type = "jsonl"
-path = "{data / 'qa.jsonl'}"
-text_template = "### Q: {{question}}\\n### A: {{answer}}"
-max_seq_len = 32
-'''
-    return f'''
-[model]
-type = "HfModel"
-path = "{model}"
-{data_tables}
-{passes}
-[output]
-dir = "out"
-'''
+from hostkit_lora.testing import run_file
 
 PASS = '''
 [[passes]]

@@ -7,26 +7,7 @@ from pathlib import Path
 import pytest
 
 from hostkit.testing.conformance import PassConformance
-
-
-def run_file(model: Path, data: Path, *, passes: str, data_tables: str | None = None, task: str = "text-generation") -> str:
-    data_tables = data_tables or f'''
-[data.train]
-type = "jsonl"
-path = "{data / 'qa.jsonl'}"
-text_template = "### Q: {{question}}\\n### A: {{answer}}"
-max_seq_len = 32
-'''
-    return f'''
-[model]
-type = "HfModel"
-path = "{model}"
-task = "{task}"
-{data_tables}
-{passes}
-[output]
-dir = "out"
-'''
+from hostkit_lora.testing import run_file
 
 
 def test_adapter_loads_in_peft_and_changes_the_logits(tiny_llama, data_dir, run_toml):

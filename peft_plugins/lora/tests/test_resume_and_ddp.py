@@ -13,28 +13,7 @@ from pathlib import Path
 
 import pytest
 
-
-
-def _run_file(model: Path, data: Path, max_steps: int, save_steps: int, batch: int = 2) -> str:
-    return f'''
-[model]
-type = "HfModel"
-path = "{model}"
-[data.train]
-type = "jsonl"
-path = "{data}"
-max_seq_len = 24
-[[passes]]
-type = "LoRA"
-r = 4
-train_data_config = "train"
-[passes.training_args]
-max_steps = {max_steps}
-save_steps = {save_steps}
-per_device_train_batch_size = {batch}
-[output]
-dir = "out"
-'''
+from hostkit_lora.testing import lora_run
 
 
 def _env() -> dict[str, str]:
@@ -44,7 +23,7 @@ def _env() -> dict[str, str]:
 @pytest.mark.slow
 def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_llama, data_dir, tmp_path, run_toml):
     data = data_dir / "count.jsonl"
-    text = _run_file(tiny_llama, data, max_steps=150, save_steps=5)
+    text = lora_run(tiny_llama, data, max_steps=150, save_steps=5)
     (tmp_path / "run.toml").write_text(text)
     proc = subprocess.Popen([sys.executable, "-m", "hostkit", "run", "run.toml"], cwd=tmp_path, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -79,7 +58,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_llama, data_dir, tmp
 @pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(tiny_llama, data_dir, tmp_path):
     data = data_dir / "count.jsonl"
-    (tmp_path / "run.toml").write_text(_run_file(tiny_llama, data, max_steps=6, save_steps=100))
+    (tmp_path / "run.toml").write_text(lora_run(tiny_llama, data, max_steps=6, save_steps=100))
     with socket.socket() as sock:  # torchrun hangs with --master_port 0
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
