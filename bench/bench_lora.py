@@ -1,18 +1,16 @@
-"""Benchmark of hostkit-lora / hostkit-qlora (not part of the test suite).
+"""Memory benchmark of hostkit-qlora against hostkit-lora (not part of the test suite).
 
-    .venv/bin/python bench/bench_lora.py [RESULTS.md] [--repeats 3] [--threads 1] [--steps 40] [--skip-memory]
+    .venv/bin/python bench/bench_lora.py [RESULTS.md] [--threads 1]
 
-1. Overhead: the LoRA pass run from a TOML file (``python -m hostkit run``)
-   against a hand-written peft + Trainer script doing the same training (same
-   model, data, LoRA config, TrainingArguments, steps and seed). Each is a
-   fresh process, alternated ``--repeats`` times; medians are reported for the
-   whole process (wall) and for ``trainer.train`` alone (training).
-2. Memory: QLoRA (nf4) against LoRA (fp32) on a ~100M-parameter Llama-shaped
-   model (``hostkit.testing.tiny.build_llama_100m``, random weights): resident
-   memory above the post-import baseline once the model is loaded, and the
-   peak during a few batch-1 training steps, each in its own process, through
-   the plugins' own loading code. A "plain 4-bit load" row shows QLoRA without
-   releasing the memory-mapped checkpoint (what transformers does by itself).
+QLoRA (nf4) against LoRA (fp32) on a ~100M-parameter Llama-shaped model
+(``hostkit.testing.tiny.build_llama_100m``, random weights): resident memory
+above the post-import baseline once the model is loaded, and the peak during a
+few batch-1 training steps, each in its own process, through the plugins' own
+loading code. A "plain 4-bit load" row shows QLoRA without releasing the
+memory-mapped checkpoint (what transformers does by itself).
+
+The LoRA pass against a hand-written peft + Trainer script (speed, whole
+process, the same training) is ``bench/bench_train.py`` with ``bench/raw_lora.py``.
 
 Markdown goes to stdout, and to the file given as the first argument.
 """
@@ -22,46 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
-
-RAW_SCRIPT = r'''
-"""The same LoRA training, written by hand with peft + transformers (no hostkit)."""
-import json, sys, time
-import torch, transformers, peft, datasets
-from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer, TrainingArguments
-
-model_dir, data_file, out_dir, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-tok = AutoTokenizer.from_pretrained(model_dir)
-tok.pad_token = tok.eos_token
-rows = datasets.load_dataset("json", data_files={"train": [data_file]}, split="train")
-ids = tok(list(rows["text"]), truncation=True, max_length=128)["input_ids"]
-train = [{"input_ids": x, "attention_mask": [1] * len(x)} for x in ids]
-model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-model.enable_input_require_grads()
-transformers.set_seed(42)  # the LoRA A init draws from the global RNG
-model = peft.get_peft_model(model, peft.LoraConfig(r=16, lora_alpha=16, lora_dropout=0.05, bias="none",
-                                                   target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
-args = TrainingArguments(output_dir=out_dir, max_steps=steps, per_device_train_batch_size=4, learning_rate=2e-4,
-                         lr_scheduler_type="constant", warmup_steps=0.03, activation_checkpointing=True,
-                         activation_checkpointing_kwargs={"use_reentrant": False}, report_to="none",
-                         disable_tqdm=True, logging_steps=1, save_strategy="no", use_cpu=True,
-                         dataloader_pin_memory=False, seed=42)
-trainer = Trainer(model=model, args=args, train_dataset=train,
-                  data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
-result = trainer.train()
-train_s = result.metrics["train_runtime"]  # the same clock the pass reports
-model.save_pretrained(out_dir + "/adapter")
-print(json.dumps({"train_s": train_s, "loss": result.training_loss}))
-'''
 
 MEMORY_SCRIPT = r'''
 """One memory measurement: load the base the way the pass does, then a few batch-1 training steps."""
@@ -158,73 +124,6 @@ def _timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
     return wall, done.stdout
 
 
-def bench_overhead(work: Path, repeats: int, threads: int, steps: int) -> str:
-    from hostkit.testing.tiny import build_tiny_llama
-
-    model = build_tiny_llama(work / "small-llama", hidden_size=256, layers=4, heads=8, kv_heads=4,
-                             intermediate_size=688)
-    data = _write_data(work / "train.jsonl")
-    (work / "raw.py").write_text(RAW_SCRIPT)
-    (work / "run.toml").write_text(textwrap.dedent(f'''
-        [model]
-        type = "HfModel"
-        path = "{model}"
-        [data.train]
-        type = "jsonl"
-        path = "{data}"
-        text_field = "text"
-        max_seq_len = 128
-        [[passes]]
-        type = "LoRA"
-        r = 16
-        alpha = 16
-        target_modules = ["q_proj", "v_proj"]
-        train_data_config = "train"
-        [passes.training_args]
-        max_steps = {steps}
-        per_device_train_batch_size = 4
-        logging_steps = 1
-        save_strategy = "no"
-        seed = 42
-        [output]
-        dir = "out"
-        cache = false
-        '''))
-    env = _env(threads)
-    rows = {"hostkit": {"wall": [], "train": [], "loss": []}, "raw": {"wall": [], "train": [], "loss": []}}
-    for i in range(repeats):
-        for which in ("raw", "hostkit") if i % 2 else ("hostkit", "raw"):
-            if which == "hostkit":
-                wall, _ = _timed([PY, "-m", "hostkit", "run", "run.toml"], work, env)
-                step = json.loads((work / "out" / "manifest.json").read_text())["steps"][0]
-                train = step["metrics"]["train_runtime_s"]
-                loss = statistics.fmean(v for _, v in step["metrics"]["train_loss"])
-            else:
-                wall, out = _timed([PY, "raw.py", str(model), str(data), str(work / "raw-out"), str(steps)], work, env)
-                result = json.loads(out.strip().splitlines()[-1])
-                train, loss = result["train_s"], result["loss"]
-            rows[which]["wall"].append(wall)
-            rows[which]["train"].append(train)
-            rows[which]["loss"].append(loss)
-    med = {w: {k: statistics.median(v) for k, v in r.items()} for w, r in rows.items()}
-    lines = [
-        f"### LoRA pass from TOML vs hand-written peft + Trainer ({steps} steps, batch 4 x 128 tokens, "
-        f"4-layer Llama h=256, {threads} thread(s), median of {repeats})",
-        "",
-        "| | wall (process) s | training s | mean train loss |",
-        "|---|---|---|---|",
-        f"| `hostkit run` (LoRA pass) | {med['hostkit']['wall']:.2f} | {med['hostkit']['train']:.2f} | {med['hostkit']['loss']:.4f} |",
-        f"| hand-written script | {med['raw']['wall']:.2f} | {med['raw']['train']:.2f} | {med['raw']['loss']:.4f} |",
-        f"| **ratio hostkit/raw** | **{med['hostkit']['wall'] / med['raw']['wall']:.3f}** | "
-        f"**{med['hostkit']['train'] / med['raw']['train']:.3f}** | |",
-        "",
-        "All runs (s): " + "; ".join(f"{w} wall {', '.join(f'{x:.2f}' for x in r['wall'])} / train "
-                                      f"{', '.join(f'{x:.2f}' for x in r['train'])}" for w, r in rows.items()),
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def bench_memory(work: Path, threads: int, steps: int = 5) -> str:
     from hostkit.testing.tiny import build_llama_100m
 
@@ -267,11 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("output", nargs="?", type=Path, help="also write the Markdown here")
     parser.add_argument("--output", dest="output_file", type=Path, help="the same, as an option (make bench)")
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for every measured process")
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--skip-overhead", action="store_true")
     args = parser.parse_args(argv)
     args.output = args.output or args.output_file
     parts = ["## hostkit-lora / hostkit-qlora", "",
@@ -279,10 +174,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{os.cpu_count()} CPU(s), {time.strftime('%Y-%m-%d')}", ""]
     with tempfile.TemporaryDirectory(prefix="bench-lora-") as tmp:
         work = Path(tmp)
-        if not args.skip_overhead:
-            parts.append(bench_overhead(work, args.repeats, args.threads, args.steps))
-        if not args.skip_memory:
-            parts.append(bench_memory(work, args.threads))
+        parts.append(bench_memory(work, args.threads))
     text = "\n".join(parts)
     print(text)
     if args.output:
