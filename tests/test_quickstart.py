@@ -75,8 +75,22 @@ def test_prompt_is_the_training_chat_without_its_answer():
     row = _rows("shipments_test.jsonl")[0]
     shots = _rows("shipments_train.jsonl")[:2]
     messages = report.prompt_messages(row, shots)
-    assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant", "user"]
-    assert messages[-1] == row["messages"][0] and messages[1] == shots[0]["messages"][1]
+    # the instruction is the system turn (once), then the shots' solved turns, then the sentence
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert messages[0] == row["messages"][0] and messages[0]["content"] == shots[0]["messages"][0]["content"]
+    assert messages[-1] == row["messages"][1] and messages[2] == shots[0]["messages"][2]
+    assert report.prompt_messages(row) == row["messages"][:-1]
+
+
+def test_table_has_a_few_shot_column_only_when_it_ran():
+    rows = [{}] * 50
+    scores = {"base": 0.1, "base 3-shot": 0.5, "adapter torch": 0.9, "adapter deployed": 0.88}
+    results = [("dates", rows, None, scores, {"adapter torch": 60.4, "adapter deployed": 40.0})]
+    plain = report.table(results, None, "onnxruntime-genai int4")
+    assert plain[0].count("|") == plain[1].count("|") == plain[2].count("|") == 7
+    assert plain[2] == "| dates | 50 | 10% | 90% | 88% | 60 / 40 |"
+    few = report.table(results, "base 3-shot", "onnxruntime-genai int4")
+    assert "base 3-shot" in few[0] and few[2] == "| dates | 50 | 10% | 50% | 90% | 88% | 60 / 40 |"
 
 
 @pytest.mark.parametrize("text, expected", [
