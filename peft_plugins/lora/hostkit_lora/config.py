@@ -3,9 +3,11 @@
 Differences from Olive, on purpose:
 
 * ``torch_dtype`` defaults to ``None`` = *auto*: ``bfloat16`` (Olive's default)
-  on a CUDA GPU, ``float32`` on CPU. On a CPU without native bf16 (AVX2, like
-  these machines) bf16 training runs 15-35x slower than fp32 (measured), so
-  Olive's default would make CPU fine-tuning impractical.
+  on a CUDA GPU, ``float32`` on CPU, with bf16 autocast only where the CPU has
+  native bf16 and a probe finds it faster (:mod:`hostkit_lora.precision`). On an
+  AVX2 CPU bf16 training runs 15-35x slower than fp32, and even with
+  ``avx512_bf16`` it can be slower (0.6x measured on one such Xeon), so Olive's
+  default would make CPU fine-tuning impractical.
 * ``target_modules`` given by the user is always honoured (Olive's QLoRA/LoftQ
   silently replace it); omitted, peft's per-architecture mapping is used, or
   ``"all-linear"`` for architectures peft does not know (Olive raises).
@@ -52,7 +54,7 @@ class LoRAConfig:
     use_dora: bool = option(False, help="weight-decomposed LoRA, DoRA (arXiv:2402.09353)")
     torch_dtype: str | None = option(
         None, help="dtype of the base weights: float32, bfloat16 or float16 (float16 = fp32 weights + fp16 mixed "
-                   "precision, GPU only); omitted: bfloat16 on GPU, float32 on CPU (bf16 is 15-35x slower on AVX2 CPUs)",
+                   "precision, GPU only); omitted: bfloat16 on GPU, float32 on CPU (+ bf16 autocast where native bf16 is measured faster)",
         validator=one_of(*DTYPES))
     training_args: dict[str, Any] = option(
         factory=dict, help="transformers.TrainingArguments fields; Olive's defaults apply under them "

@@ -11,7 +11,10 @@ fp32 training in practice). Without them (AVX2-only CPUs) bf16 is emulated and
 
 Where the flags promise native bf16, a short probe (two matmuls of the model's
 width, ~20 ms) confirms that bf16 is actually faster with this torch build
-before it is chosen. The choice and its reason go in the manifest
+before it is chosen. The flags alone do not: on one Xeon with ``avx512_bf16``
+(torch 2.13, oneDNN's native ``brg_matmul:avx512_core_bf16``) bf16 matmuls ran
+at 0.57-0.69x of fp32 and SmolLM2 trained at 0.6x, so the probe keeps fp32
+there (bench/RESULTS.md, bench_train). The choice and its reason go in the manifest
 (``notes.precision``).
 """
 
