@@ -395,9 +395,9 @@ def main() -> int:
         for i in range(3):
             print(f"[{task}] {rows[i]['input']}")
             print(f"    expected  {rows[i]['answer']}")
-            for label in ("base", "adapter deployed"):
+            for label, shown in (("base", "base"), ("adapter torch", "torch"), ("adapter deployed", "deployed")):
                 mark = "ok" if correct(task, answers[label][i], rows[i]) else "wrong"
-                print(f"    {label:<9.9} {answers[label][i].strip()!r} ({mark})")
+                print(f"    {shown:<9} {answers[label][i].strip()!r} ({mark})")
     print()
     print("artefacts:")
     for task in TASKS:
