@@ -80,9 +80,9 @@ def build_model(handle: Any, config: Any, output_dir: Path, context: Any = None)
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), _captured_logging(log):
                 options = builder.parse_extra_options(
-                    None, str(source), str(output_dir), config.precision, config.execution_provider,
+                    None, str(source), str(output_dir), _builder_precision(config), config.execution_provider,
                     str(work / "cache"), [f"{k}={v}" for k, v in extra.items()])
-                builder.create_model(None, str(source), str(output_dir), config.precision,
+                builder.create_model(None, str(source), str(output_dir), _builder_precision(config),
                                      config.execution_provider, str(work / "cache"), **options)
         except Exception as exc:  # noqa: BLE001 - the builder raises bare Exceptions with long texts
             (output_dir / LOG_FILE).write_text(log.getvalue())
@@ -97,6 +97,11 @@ def build_model(handle: Any, config: Any, output_dir: Path, context: Any = None)
     if not path.is_file() or not (output_dir / GENAI_CONFIG).is_file():
         raise PassError(f"onnxruntime-genai's builder wrote no {MODEL_FILE} / {GENAI_CONFIG} in {output_dir} "
                         f"(see {output_dir / LOG_FILE})")
+    if _builder_precision(config) != config.precision:  # int4_scheme = "q4_1": an fp32 graph, requantized
+        from hostkit_model_builder.q4_1 import requantize
+
+        _progress(context, "requantizing the base MatMuls into Q4_1 int4 blocks")
+        facts.update(requantize(path, accuracy_level=config.int4_accuracy_level or 4))
     names = _check_graph(path, expected if adapter_config is not None else None, config)
     base_identity = adapter_contract.base_model_identity(handle.path)
     metadata = {
@@ -203,11 +208,16 @@ def lora_matmul_nodes(layers: int) -> list[str]:
             for i in range(layers) for block, proj in modules for kind in "AB"]
 
 
+def _builder_precision(config: Any) -> str:
+    """What the builder writes: fp32 for ``int4_scheme = "q4_1"`` (:mod:`hostkit_model_builder.q4_1` quantizes)."""
+    return "fp32" if config.precision == "int4" and config.int4_scheme == "q4_1" else config.precision
+
+
 def _extra_options(config: Any, adapter_path: str | None, layers: int) -> dict[str, str]:
     extra: dict[str, str] = {}
     for key, value in config.extra_options.items():
         extra[key] = _option_text(value)
-    if config.precision == "int4":
+    if _builder_precision(config) == "int4":
         # Olive's int4_* names are the builder's block_size / is_symmetric / accuracy_level
         extra["block_size"] = str(config.int4_block_size)
         extra["is_symmetric"] = "true" if config.int4_is_symmetric else "false"
@@ -224,7 +234,7 @@ def _extra_options(config: Any, adapter_path: str | None, layers: int) -> dict[s
         extra["exclude_lm_head"] = "true"
     if adapter_path:
         extra["adapter_path"] = str(adapter_path)
-        if config.precision == "int4" and not config.quantize_adapter:
+        if _builder_precision(config) == "int4" and not config.quantize_adapter:
             given = [n for n in str(extra.get("nodes_to_exclude", "")).split(",") if n]
             extra["nodes_to_exclude"] = ",".join(given + [n for n in lora_matmul_nodes(layers) if n not in given])
     return extra

@@ -35,6 +35,11 @@ def _check(config: ModelBuilderConfig, context: Any) -> list[str]:
                         "use int4 or fp32 on CPU, or build for a GPU (execution_provider = \"cuda\")")
     if config.precision != "int4" and config.quantize_adapter:
         problems.append(f"quantize_adapter: only int4 graphs quantize MatMuls, the precision is {config.precision}")
+    if config.int4_scheme == "q4_1" and config.precision != "int4":
+        problems.append(f"int4_scheme: \"q4_1\" is an int4 scheme, the precision is {config.precision}")
+    if config.int4_scheme == "q4_1" and (config.quantize_adapter or config.int4_block_size != 32):
+        problems.append("int4_scheme: \"q4_1\" has blocks of 32 and keeps the adapter float "
+                        "(leave int4_block_size and quantize_adapter at their defaults)")
     model = getattr(context, "model", None)
     if model is not None and getattr(model, "task", "text-generation") != "text-generation":
         problems.append(f"ModelBuilder builds text-generation models, the model is {model.task}")

@@ -259,3 +259,56 @@ def test_asymmetric_int4_of_a_tied_embedding_model_loads(tmp_path, prompt_ids, r
     assert "asymmetric" in result.manifest["steps"][-1]["notes"]["shared_embeddings"]
     logits = GenaiModel(Path(handle.path).parent).prompt_logits(prompt_ids)
     assert _relative(logits, _torch_logits(tied, None, prompt_ids)) < 0.1  # int4 weights: close to fp32
+
+
+def _q4_1_valued_copy(base: Path, out: Path) -> Path:
+    """``base`` with every decoder Linear weight replaced by Q4_1 values (as a model converted from a Q4_1 GGUF)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hostkit_model_builder.q4_1 import q4_1_blocks
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and "lm_head" not in name:
+                module.weight.copy_(torch.from_numpy(q4_1_blocks(module.weight.numpy())[3]))
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base).save_pretrained(out)
+    return out
+
+
+def test_q4_1_blocks_recover_q4_1_weights_exactly():
+    from hostkit_model_builder.q4_1 import q4_1_blocks
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 64)).astype(np.float32)
+    once = q4_1_blocks(w)[3]
+    assert np.abs(once - w).max() <= np.abs(w).max() / 15  # within a step of the 4-bit grid
+    packed, scales, offsets, again = q4_1_blocks(once)
+    assert np.abs(again - once).max() <= 1e-6 * np.abs(once).max()  # Q4_1 values come back as they are
+    assert packed.shape == (8, 2, 16) and scales.shape == (16,) and offsets.shape == (8, 2)
+
+
+def test_int4_scheme_q4_1_is_lossless_for_q4_1_weights(tiny_llama, builder_adapter, prompt_ids, tmp_path, run_toml):
+    """A base whose weights are Q4_1 values (what hostkit-lora makes of a Q4_1 GGUF): int4_scheme = "q4_1"
+    gives torch PEFT's logits up to the int8 LM head, the builder's own int4 does not."""
+    base = _q4_1_valued_copy(tiny_llama, tmp_path / "q4_1-base")
+    adapter = f'adapter_path = "{builder_adapter}"'
+    q4_1 = run_toml(RUN.format(base=base, adapter=adapter, options='int4_scheme = "q4_1"\nint4_accuracy_level = 1'),
+                    workdir=tmp_path / "q4_1")
+    assert q4_1.exit_code == 0, q4_1.output
+    rtn = run_toml(RUN.format(base=base, adapter=adapter, options="int4_accuracy_level = 1"), workdir=tmp_path / "rtn")
+    assert rtn.exit_code == 0, rtn.output
+    graph = _graph(q4_1.final_model().path)
+    bits = sorted(onnx.helper.get_attribute_value(next(a for a in n.attribute if a.name == "bits"))
+                  for n in graph.graph.node if n.op_type == "MatMulNBits")
+    assert bits == [4] * 2 * 7 + [8]  # 2 layers x 7 projections in int4, the LM head in int8
+    assert sorted(n.name for n in graph.graph.node if n.op_type == "MatMul" and "/lora_" in n.name) == \
+        sorted(lora_matmul_nodes(2))
+    notes = q4_1.manifest["steps"][-1]["notes"]
+    assert notes["int4_scheme"] == "q4_1" and notes["requantize_max_rel_error"] < 1e-2
+    expected = _torch_logits(base, builder_adapter, prompt_ids)
+    lossless = _relative(GenaiModel(Path(q4_1.final_model().path).parent).prompt_logits(prompt_ids), expected)
+    requantized = _relative(GenaiModel(Path(rtn.final_model().path).parent).prompt_logits(prompt_ids), expected)
+    assert lossless < 1e-2 and lossless < requantized / 3, (lossless, requantized)
