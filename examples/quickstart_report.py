@@ -286,9 +286,11 @@ class Deployed:
         if builder is not None:
             from hostkit_extract_adapters.genai import GenaiSession
 
-            precision = builder.get("options", {}).get("precision", "int4")
+            options = builder.get("options", {})
+            precision = options.get("precision", "int4")
+            scheme = options.get("int4_scheme", "builder") if precision == "int4" else "builder"
             self.session: Any = GenaiSession(Path(self.path).parent if Path(self.path).is_file() else self.path)
-            self.label = f"onnxruntime-genai {precision}"
+            self.label = f"onnxruntime-genai {precision}" + (f" {scheme}" if scheme != "builder" else "")
         else:
             from hostkit_extract_adapters.infer import AdapterSession
 
