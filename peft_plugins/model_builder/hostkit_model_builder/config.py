@@ -36,7 +36,7 @@ class ModelBuilderConfig:
                                       "tied embeddings keeps the embedding float (genai cannot load it asymmetric)")
     int4_scheme: str = option("builder", help="int4: \"builder\" (onnxruntime-genai's RTN / k_quant) or \"q4_1\": "
                                               "llama.cpp's Q4_1 blocks (float scale and minimum per 32 weights), lossless "
-                                              "for a base from a Q4_1 GGUF; LM head int8", validator=one_of("builder", "q4_1"))
+                                              "for a base from a Q4_1 GGUF; LM head int8 (Q8_0, accuracy level 4)", validator=one_of("builder", "q4_1"))
     exclude_embeds: bool = option(False, help="leave the embedding layer out of the graph (inputs_embeds input)")
     exclude_lm_head: bool = option(False, help="leave the LM head out of the graph (hidden_states output)")
     quantize_adapter: bool = option(False, help="int4: quantize the LoRA MatMuls too (the builder's default); "
