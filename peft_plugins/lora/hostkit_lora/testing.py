@@ -35,9 +35,12 @@ dir = "out"
 '''
 
 
-def lora_run(model: Path, data: Path, *, max_steps: int, save_steps: int = 500, batch: int = 2,
-             options: str = "", training_args: str = "") -> str:
-    """One small LoRA pass (r = 4) on a plain-text JSONL file, with checkpoints every ``save_steps``."""
+def lora_run(model: Path, data: Path, *, max_steps: int, save_steps: int | None = 500, batch: int = 2,
+             options: str = "", training_args: str = "", pass_type: str = "LoRA", r: int = 4,
+             max_seq_len: int = 24) -> str:
+    """One small pass of the LoRA family (``pass_type``) on a plain-text JSONL file; checkpoints every
+    ``save_steps`` (None: the Trainer's default)."""
+    save = f"save_steps = {save_steps}\n" if save_steps is not None else ""
     return f'''
 [model]
 type = "HfModel"
@@ -45,16 +48,15 @@ path = "{model}"
 [data.train]
 type = "jsonl"
 path = "{data}"
-max_seq_len = 24
+max_seq_len = {max_seq_len}
 [[passes]]
-type = "LoRA"
-r = 4
+type = "{pass_type}"
+r = {r}
 train_data_config = "train"
 {options}
 [passes.training_args]
 max_steps = {max_steps}
-save_steps = {save_steps}
-per_device_train_batch_size = {batch}
+{save}per_device_train_batch_size = {batch}
 {training_args}
 [output]
 dir = "out"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from hostkit.testing.conformance import PassConformance
+from hostkit_lora.testing import lora_run
 
 WORDS = "one two three four five six seven eight nine ten".split()
 
@@ -26,28 +27,9 @@ def count_data(tmp_path: Path) -> Path:
 
 
 def run_file(model: Path, data: Path, quant_type: str, extra: str = "") -> str:
-    return f'''
-[model]
-type = "HfModel"
-path = "{model}"
-[data.train]
-type = "jsonl"
-path = "{data}"
-max_seq_len = 32
-[[passes]]
-type = "QLoRA"
-quant_type = "{quant_type}"
-double_quant = true
-r = 8
-train_data_config = "train"
-{extra}
-[passes.training_args]
-max_steps = 4
-per_device_train_batch_size = 4
-learning_rate = 0.005
-[output]
-dir = "out"
-'''
+    return lora_run(model, data, pass_type="QLoRA", r=8, max_seq_len=32, max_steps=4, save_steps=None, batch=4,
+                    options=f'quant_type = "{quant_type}"\ndouble_quant = true\n{extra}',
+                    training_args="learning_rate = 0.005")
 
 
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
