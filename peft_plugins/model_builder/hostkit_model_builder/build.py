@@ -72,8 +72,7 @@ def build_model(handle: Any, config: Any, output_dir: Path, context: Any = None)
     try:
         source, facts = _float_source(handle, config, work, context)
         adapter_path = handle.adapter_path if adapter_config is not None else None
-        extra = _extra_options(config, adapter_path, _layers(source))
-        source_config = json.loads((source / "config.json").read_text())
+        extra = _extra_options(config, adapter_path, _text_config(source))
         _progress(context, f"building the {config.precision} graph with onnxruntime-genai")
         start = time.perf_counter()
         log = io.StringIO()
@@ -118,8 +117,7 @@ def build_model(handle: Any, config: Any, output_dir: Path, context: Any = None)
             target_modules=sorted({n.split(".lora_")[0].rsplit(".", 1)[-1] for n in names})))
     write_metadata(path, metadata)
     _apply_search(output_dir / GENAI_CONFIG, config.search)
-    if extra.get("shared_embeddings") == "false" and "shared_embeddings" not in config.extra_options \
-            and _ties_embeddings(source_config):
+    if "shared_embeddings" in extra and "shared_embeddings" not in config.extra_options:  # set by _extra_options
         facts["shared_embeddings"] = ("off: asymmetric int4 of a shared embedding gives a graph onnxruntime cannot "
                                       "load; the embedding stays float, lm_head is int4")
     notes = {**facts, "precision": config.precision, "execution_provider": config.execution_provider,
@@ -190,14 +188,12 @@ def _float_source(handle: Any, config: Any, work: Path, context: Any) -> tuple[P
     return source, facts
 
 
-def _layers(source: Path) -> int:
+def _text_config(source: Path) -> dict[str, Any]:
+    """The language model's part of ``source/config.json`` (``text_config`` of a multimodal one), with
+    ``tie_word_embeddings`` taken from the top level where only that level says it."""
     config = json.loads((source / "config.json").read_text())
     text = config.get("text_config") or config
-    return int(text.get("num_hidden_layers") or 0)
-
-
-def _ties_embeddings(config: dict[str, Any]) -> bool:
-    return bool((config.get("text_config") or config).get("tie_word_embeddings", config.get("tie_word_embeddings")))
+    return {"tie_word_embeddings": config.get("tie_word_embeddings"), **text}
 
 
 def lora_matmul_nodes(layers: int) -> list[str]:
@@ -213,7 +209,8 @@ def _builder_precision(config: Any) -> str:
     return "fp32" if config.precision == "int4" and config.int4_scheme == "q4_1" else config.precision
 
 
-def _extra_options(config: Any, adapter_path: str | None, layers: int) -> dict[str, str]:
+def _extra_options(config: Any, adapter_path: str | None, model_config: dict[str, Any]) -> dict[str, str]:
+    layers = int(model_config.get("num_hidden_layers") or 0)
     extra: dict[str, str] = {}
     for key, value in config.extra_options.items():
         extra[key] = _option_text(value)
@@ -223,7 +220,8 @@ def _extra_options(config: Any, adapter_path: str | None, layers: int) -> dict[s
         extra["is_symmetric"] = "true" if config.int4_is_symmetric else "false"
         if config.int4_accuracy_level is not None:
             extra["accuracy_level"] = str(config.int4_accuracy_level)
-        if not config.int4_is_symmetric and "shared_embeddings" not in extra:
+        tied = bool(model_config.get("tie_word_embeddings"))
+        if not config.int4_is_symmetric and tied and "shared_embeddings" not in extra:
             # a tied model's shared asymmetric embedding (GatherBlockQuantized + uint4 zero points) gets a
             # graph onnxruntime cannot load (genai 0.18: "Type (tensor(uint8)) of output arg
             # (/model/embed_tokens/Reshape/output_0)"): keep the embedding a float Gather

@@ -60,7 +60,7 @@ def q8_0_blocks(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return codes, scale.reshape(-1), dequantized
 
 
-def requantize(path: Path, *, accuracy_level: int = 1, keep_float: tuple[str, ...] = ("/lora_",)) -> dict[str, Any]:
+def requantize(path: Path, *, accuracy_level: int, keep_float: tuple[str, ...] = ("/lora_",)) -> dict[str, Any]:
     """Rewrite the float MatMuls of the fp32 graph at ``path`` in place; return facts for the manifest."""
     import onnx
     from onnx import helper, numpy_helper
